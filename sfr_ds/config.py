@@ -1,0 +1,280 @@
+"""Typed training configuration: YAML plus dotted ``key=value`` overrides, every bad field at once.
+
+The config names the *global* batch (queries per optimizer step), so one file trains the same
+model on 1, 2 or 64 ranks; per-rank sizes are derived at start and printed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "intfloat/e5-mistral-7b-instruct"
+    # Architecture kwargs (with ``model_type``) to build a randomly initialised backbone instead of
+    # loading weights: tiny test models and 7B-shaped benchmarks need no download.
+    random_init: Optional[dict] = None
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    pooling: Literal["last", "mean", "cls"] = "last"
+    normalize: bool = True
+    append_eos: Optional[bool] = None  # None: append EOS exactly when pooling is 'last'
+    dtype: Literal["fp32", "bf16"] = "bf16"
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: Union[str, list] = "all-linear"
+
+
+@dataclass
+class DataConfig:
+    train_files: list = field(default_factory=list)
+    global_batch_size: int = 2048  # queries per optimizer step, summed over all ranks
+    hard_negatives: int = 7
+    # When a record has fewer than ``hard_negatives``: 'repeat' re-draws its own negatives (and
+    # falls back to other records' documents if it has none), 'random' fills with documents of
+    # other records of the same dataset, 'error' refuses to start.
+    short_negatives: Literal["repeat", "random", "error"] = "repeat"
+    query_max_len: int = 128
+    doc_max_len: int = 256
+    homogeneous: bool = True  # one dataset per global step (task-homogeneous batching)
+    dataset_weights: dict = field(default_factory=dict)  # batches per epoch scale, default 1.0
+    max_records_per_dataset: Optional[int] = None
+    seed: int = 42
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.02
+    mask_duplicates: bool = True  # identical texts never act as each other's negatives
+
+
+@dataclass
+class GradCacheConfig:
+    enabled: bool = True
+    chunk_size: int = 32  # sequences per re-forward sub-batch
+    check_replay: bool = False  # assert the grad pass reproduces the cached embeddings
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # 0 disables clipping
+    epochs: int = 1
+    max_steps: Optional[int] = None  # caps the run; the schedule decays to 0 at the last step
+
+
+@dataclass
+class DeepSpeedSection:
+    config: str = "ds_configs/zero2_bf16.json"
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    seed: int = 0  # model init and dropout; data order has its own seed
+    dist_timeout_s: int = 1800
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    gradcache: GradCacheConfig = field(default_factory=GradCacheConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """All problems of a config, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def _type_ok(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is typing.Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or tp)
+
+
+def _describe(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _build(cls, data: dict, prefix: str, problems: list[str]):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known: {', '.join(names)}"
+            problems.append(f"unknown field '{dotted}'{hint}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                problems.append(f"'{dotted}' must be a mapping of its fields, got {value!r}")
+                continue
+            kwargs[key] = _build(tp, value, dotted + ".", problems)
+        elif not _type_ok(value, tp):
+            problems.append(f"'{dotted}' must be {_describe(tp)}, got {value!r}")
+        else:
+            kwargs[key] = float(value) if tp is float else value
+    return cls(**kwargs)
+
+
+def _semantic_checks(c: TrainConfig) -> list[str]:
+    p = []
+
+    def need(cond, msg):
+        if not cond:
+            p.append(msg)
+
+    need(bool(c.data.train_files), "'data.train_files' is empty; give one or more JSONL/Parquet files")
+    need(c.data.global_batch_size >= 1, "'data.global_batch_size' must be >= 1 (queries per optimizer step)")
+    need(c.data.hard_negatives >= 0, "'data.hard_negatives' must be >= 0")
+    need(c.data.query_max_len >= 2, "'data.query_max_len' must be >= 2 (room for text and EOS)")
+    need(c.data.doc_max_len >= 2, "'data.doc_max_len' must be >= 2 (room for text and EOS)")
+    for name, w in c.data.dataset_weights.items():
+        need(isinstance(w, (int, float)) and w >= 0,
+             f"'data.dataset_weights.{name}' must be a number >= 0, got {w!r}")
+    need(c.loss.temperature > 0, "'loss.temperature' must be > 0 (0.02 in the seed)")
+    need(c.gradcache.chunk_size >= 1, "'gradcache.chunk_size' must be >= 1")
+    need(c.optim.lr > 0, "'optim.lr' must be > 0 (1e-5 in the seed)")
+    need(c.optim.warmup_steps >= 0, "'optim.warmup_steps' must be >= 0")
+    need(c.optim.grad_clip >= 0, "'optim.grad_clip' must be >= 0 (0 disables clipping)")
+    need(c.optim.epochs >= 1, "'optim.epochs' must be >= 1")
+    need(c.optim.max_steps is None or c.optim.max_steps >= 1, "'optim.max_steps' must be >= 1 or null")
+    need(len(c.optim.betas) == 2, "'optim.betas' must be a list of two floats, e.g. [0.9, 0.999]")
+    need(c.lora.r >= 1, "'lora.r' must be >= 1 (8 in the seed)")
+    need(0 <= c.lora.dropout < 1, "'lora.dropout' must be in [0, 1)")
+    need(c.run.save_every >= 1, "'run.save_every' must be >= 1 (steps between checkpoints)")
+    need(c.run.keep_checkpoints >= 1, "'run.keep_checkpoints' must be >= 1")
+    need(c.model.random_init is None or "model_type" in c.model.random_init,
+         "'model.random_init' needs a 'model_type' key (e.g. mistral)")
+    return p
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    if "=" not in item:
+        raise ConfigError([f"override {item!r} is not of the form key=value (e.g. data.global_batch_size=64)"])
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"override {item!r}: '{part}' is not a section"])
+        node[path[-1]] = value
+    return data
+
+
+def resolve_path(path: str, base_dirs: list[Path]) -> str:
+    """Absolute path: as given if it exists, else under the config's folder, else the project root."""
+    p = Path(os.path.expanduser(path))
+    if p.is_absolute() or p.exists():
+        return str(p.resolve())
+    for base in base_dirs:
+        if (base / p).exists():
+            return str((base / p).resolve())
+    return str(p.resolve())
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                *, resolve_files: bool = True) -> TrainConfig:
+    """Load YAML, apply overrides, type-check every field and report all problems at once."""
+    data = {}
+    bases = [PROJECT_ROOT]
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+        bases.insert(0, Path(path).resolve().parent)
+    data = apply_overrides(data, list(overrides or []))
+    problems: list[str] = []
+    cfg = _build(TrainConfig, data, "", problems)
+    if not problems:
+        problems += _semantic_checks(cfg)
+    if problems:
+        raise ConfigError(problems)
+    if resolve_files:
+        cfg.data.train_files = [resolve_path(f, bases) for f in cfg.data.train_files]
+        cfg.deepspeed.config = resolve_path(cfg.deepspeed.config, bases)
+        missing = [f for f in cfg.data.train_files + [cfg.deepspeed.config] if not os.path.exists(f)]
+        if missing:
+            raise ConfigError([f"file not found: {m}" for m in missing])
+    return cfg
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Rebuild a config from ``run.yaml`` (already resolved and validated when it was written)."""
+    problems: list[str] = []
+    cfg = _build(TrainConfig, data, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def dump_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Training data: records, batch plans, hard negatives, tokenization."""

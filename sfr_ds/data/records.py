@@ -1,0 +1,124 @@
+"""The training record: one JSON object per line, checked field by field on load.
+
+A record is ``{"query": str, "pos": [str, ...], "neg": [str, ...], "task_type": str,
+"dataset": str, "instruction": str}`` plus optional ids and mining audit fields. Every problem
+is reported with the file, the 1-based line and the field, so a user can open the file and fix it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+# Task types whose labels are the documents: the query is scored against its own positive and
+# negatives only (the seed: "applying contrastive loss only to their specific negatives").
+OWN_NEGATIVE_TASKS = frozenset({"classification", "clustering"})
+TASK_TYPES = frozenset({
+    "retrieval", "sts", "reranking", "pair_classification", "bitext", "summarization",
+    *OWN_NEGATIVE_TASKS,
+})
+REQUIRED = ("query", "pos", "neg", "task_type", "dataset", "instruction")
+# Optional fields: when present they must be lists aligned with ``pos`` / ``neg``.
+ALIGNED = {"pos_ids": "pos", "neg_ids": "neg", "neg_scores": "neg", "neg_ranks": "neg"}
+
+
+class RecordError(ValueError):
+    """A training file holds a record that cannot be used; the message names file, line, field."""
+
+
+@dataclass
+class Record:
+    query: str
+    pos: list[str]
+    neg: list[str]
+    task_type: str
+    dataset: str
+    instruction: str
+    extra: dict = field(default_factory=dict)  # query_id, pos_ids, neg_ids, neg_scores, ...
+
+    @property
+    def loss_mode(self) -> str:
+        return "own_negatives" if self.task_type in OWN_NEGATIVE_TASKS else "in_batch"
+
+    def to_json(self) -> dict:
+        out = {"query": self.query, "pos": self.pos, "neg": self.neg, "task_type": self.task_type,
+               "dataset": self.dataset, "instruction": self.instruction}
+        out.update(self.extra)
+        return out
+
+
+def _is_str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def check_record(obj, where: str) -> Record:
+    """Validate one decoded JSON value; ``where`` is ``file:line`` for messages."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    problems = []
+    for name in REQUIRED:
+        if name not in obj or obj[name] is None:
+            problems.append(f"field '{name}' is missing")
+    if problems:
+        raise RecordError(f"{where}: " + "; ".join(problems))
+    for name in ("query", "task_type", "dataset", "instruction"):
+        if not isinstance(obj[name], str):
+            problems.append(f"field '{name}' must be a string, got {type(obj[name]).__name__}")
+    for name in ("pos", "neg"):
+        if not _is_str_list(obj[name]):
+            problems.append(f"field '{name}' must be a list of strings")
+    if not problems:
+        if not obj["query"].strip():
+            problems.append("field 'query' is empty")
+        if not obj["pos"]:
+            problems.append("field 'pos' is an empty list (each record needs at least one positive)")
+        elif any(not p.strip() for p in obj["pos"]):
+            problems.append("field 'pos' holds an empty string")
+        if any(not n.strip() for n in obj["neg"]):
+            problems.append("field 'neg' holds an empty string")
+        if obj["task_type"] not in TASK_TYPES:
+            problems.append(f"field 'task_type' is {obj['task_type']!r}; expected one of "
+                            f"{sorted(TASK_TYPES)}")
+        if not obj["dataset"].strip():
+            problems.append("field 'dataset' is empty")
+    for name, ref in ALIGNED.items():
+        if name in obj and not problems:
+            if not isinstance(obj[name], list) or len(obj[name]) != len(obj[ref]):
+                problems.append(f"field '{name}' must be a list as long as '{ref}'")
+    if problems:
+        raise RecordError(f"{where}: " + "; ".join(problems))
+    extra = {k: v for k, v in obj.items() if k not in REQUIRED}
+    return Record(obj["query"], list(obj["pos"]), list(obj["neg"]), obj["task_type"],
+                  obj["dataset"], obj["instruction"], extra)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Record]:
+    """Read and validate a JSONL training file. Blank lines are allowed and skipped."""
+    path = os.fspath(path)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            records.append(check_record(obj, where))
+    if not records:
+        raise RecordError(f"{path}: holds no records")
+    return records
+
+
+def write_jsonl(records, path: str | os.PathLike) -> int:
+    """Write records (``Record`` or dicts) atomically; returns the count."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_json() if isinstance(r, Record) else r, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n

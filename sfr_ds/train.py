@@ -1,0 +1,204 @@
+"""The training loop, top to bottom: data plan, model, engine, resume, steps, checkpoints, adapter.
+
+Run under any launcher (one process, torchrun, the deepspeed launcher, srun); ``sfr-ds train``
+calls ``train``. Step s of every run sees the same global batch whatever the number of ranks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from . import dist
+from . import engine as ds
+from .config import TrainConfig, config_from_dict, dump_config
+from .data.batch import NegativeDrawer, allowed_mask, build_text_batch
+from .data.collate import tokenize
+from .data.load import group_by_dataset, load_training_data
+from .data.sampler import BatchPlan
+from .gradcache import gradcache_backward, plain_backward
+from .loss import contrastive_loss
+from .metrics import MetricsLog
+from .model import append_eos, build_embedder, count_parameters, load_tokenizer
+
+log = logging.getLogger("sfr_ds.train")
+FINAL = "final"  # <run>/final: the PEFT adapter, tokenizer and sfr_ds.json
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1; every rank checks the OR of all flags at each step boundary."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        self.raised = True
+
+
+def say(msg: str) -> None:
+    if dist.info().is_main:
+        print(f"[sfr-ds] {msg}", flush=True)
+
+
+def batch_arithmetic(cfg: TrainConfig, world: int) -> tuple[int, str]:
+    G = cfg.data.global_batch_size
+    if G % world:
+        raise ValueError(f"data.global_batch_size={G} is not divisible by the {world} ranks; "
+                         f"use a multiple of {world}")
+    n, k = G // world, cfg.data.hard_negatives
+    chunks = -(-n // cfg.gradcache.chunk_size) + -(-n * (1 + k) // cfg.gradcache.chunk_size)
+    text = (f"global batch {G} queries = {n} per rank x {world} ranks; {1 + k} documents per query "
+            f"(1 positive + {k} hard negatives) -> {n * (1 + k)} documents per rank, "
+            f"{G * (1 + k)} candidates per in-batch query")
+    if cfg.gradcache.enabled:
+        text += f"; GradCache: {chunks} chunks of <= {cfg.gradcache.chunk_size} sequences per rank"
+    return n, text
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    run_dir = Path(cfg.run.output_dir)
+    saved = run_dir / "run.yaml"
+    if resume and saved.exists():
+        import yaml
+        before = config_from_dict(yaml.safe_load(saved.read_text())).to_dict()
+        if before != cfg.to_dict():
+            diff = _diff(before, cfg.to_dict())
+            raise ValueError(f"--resume: the config differs from {saved} in {', '.join(diff)}; "
+                             "resume with the run's own config (sfr-ds train --resume --output-dir DIR)")
+    elif not resume and (run_dir / "checkpoints" / "latest").exists():
+        raise ValueError(f"{run_dir} already holds checkpoints; pass --resume to continue it "
+                         "or choose another --output-dir")
+    if dist.info().is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, saved)
+    dist.barrier()
+    return run_dir
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _diff(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(f"{prefix}{k} ({a.get(k)!r} -> {b.get(k)!r})")
+    return out
+
+
+def save_final(engine, tokenizer, cfg: TrainConfig, run_dir: Path) -> Path:
+    """The PEFT adapter, tokenizer and how to encode with them, for mining, eval and merge."""
+    out = run_dir / FINAL
+    state = ds.module_state(engine)  # collective under ZeRO-3: every rank takes part
+    if dist.info().is_main:
+        model = engine.module.backbone
+        model.save_pretrained(str(out), state_dict={n.removeprefix("backbone."): v for n, v in state.items()}
+                              if cfg.lora.enabled else None)
+        tokenizer.save_pretrained(str(out))
+        meta = {"base_model": cfg.model.name_or_path, "random_init": cfg.model.random_init,
+                "pooling": cfg.model.pooling, "normalize": cfg.model.normalize,
+                "append_eos": append_eos(cfg.model), "query_max_len": cfg.data.query_max_len,
+                "doc_max_len": cfg.data.doc_max_len, "dtype": cfg.model.dtype, "lora": cfg.lora.enabled}
+        (out / "sfr_ds.json").write_text(json.dumps(meta, indent=2))
+    dist.barrier()
+    return out
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    me = dist.setup(cfg.run.dist_timeout_s)
+    stop = StopFlag()
+    run_dir = prepare_run_dir(cfg, resume)
+    per_rank, arithmetic = batch_arithmetic(cfg, me.world)
+    rows = slice(me.rank * per_rank, (me.rank + 1) * per_rank)
+
+    # ---- data: a pure plan of which records form each global step
+    records = load_training_data(cfg.data.train_files, cfg.data.max_records_per_dataset)
+    plan = BatchPlan(group_by_dataset(records), cfg.data.global_batch_size,
+                     homogeneous=cfg.data.homogeneous, seed=cfg.data.seed,
+                     weights=cfg.data.dataset_weights)
+    drawer = NegativeDrawer(records, cfg.data.hard_negatives, cfg.data.short_negatives, cfg.data.seed)
+    total_steps = plan.steps_per_epoch * cfg.optim.epochs
+    if cfg.optim.max_steps is not None:
+        total_steps = min(total_steps, cfg.optim.max_steps)
+    say(f"{len(records)} records in {len(plan.groups)} datasets "
+        f"({', '.join(f'{k}: {len(v)}' for k, v in plan.groups.items())}); {plan.steps_per_epoch} "
+        f"steps per epoch, {total_steps} steps in all")
+    for name, n in plan.never_drawn().items():
+        say(f"WARNING dataset {name!r} has {n} records, fewer than one global batch: never drawn")
+    if drawer.n_short:
+        say(f"{drawer.n_short} records have fewer than {drawer.k} negatives ({drawer.n_empty} have none): "
+            f"filled by the '{drawer.policy}' policy")
+    say(arithmetic)
+
+    # ---- model and engine (same initial weights on every rank)
+    torch.manual_seed(cfg.run.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_embedder(cfg.model, cfg.lora)
+    if cfg.model.random_init is not None and me.is_main:
+        # a random base exists nowhere else: keep it so the adapter can be merged and evaluated
+        model.backbone.get_base_model().save_pretrained(str(run_dir / "base_model"))
+    trainable, total = count_parameters(model)
+    say(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.3f}%)")
+    engine = ds.initialize(model, cfg, total_steps, per_rank)
+    start = 0
+    ckpt_root = run_dir / "checkpoints"
+    tag = ds.latest_tag(ckpt_root) if resume else None
+    if tag is not None:
+        start = ds.load_checkpoint(engine, ckpt_root, tag)["step"]
+        say(f"resumed from {ckpt_root / tag} at step {start}")
+    metrics = MetricsLog(run_dir, me.is_main, cfg.run.tensorboard, start)
+    eos = append_eos(cfg.model)
+    group = 1 + cfg.data.hard_negatives
+
+    # ---- steps
+    for step in range(start, total_steps):
+        t0 = time.perf_counter()
+        gb = plan.batch(step)
+        batch = build_text_batch(records, gb.indices, gb.epoch, drawer)
+        queries = tokenize(tokenizer, batch.queries[rows], cfg.data.query_max_len, eos)
+        docs = tokenize(tokenizer, batch.docs[rows.start * group:rows.stop * group], cfg.data.doc_max_len, eos)
+        allowed = allowed_mask(batch, rows, cfg.loss.mask_duplicates)
+        gather = batch.needs_gather()  # labels-only batches skip the cross-rank gather
+        offset = 0 if gather else rows.start * group
+        if not gather:
+            allowed = allowed[:, offset:offset + per_rank * group]
+        positive = torch.arange(rows.start, rows.stop) * group - offset
+        allowed, positive = allowed.to(engine.device), positive.to(engine.device)
+
+        def loss_fn(q, d):
+            return contrastive_loss(q, dist.gather_with_grad(d) if gather else d, positive, allowed,
+                                    cfg.loss.temperature)
+
+        lr = ds.current_lr(engine)
+        if cfg.gradcache.enabled:
+            loss = gradcache_backward(engine, queries, docs, loss_fn, cfg.gradcache.chunk_size,
+                                      cfg.gradcache.check_replay)
+        else:
+            loss = plain_backward(engine, queries, docs, loss_fn)
+        grad_norm = ds.step(engine)
+        # one collective for the logged figures and the stop flag
+        totals = dist.all_reduce_sum(torch.tensor(
+            [float(loss), queries.n_tokens + docs.n_tokens, float(stop.raised)], dtype=torch.float64))
+        row = {"step": step + 1, "loss": float(totals[0]) / me.world, "lr": lr,
+               "dataset": gb.dataset or "mixed", "grad_norm": grad_norm, "tokens": int(totals[1]),
+               "seconds": round(time.perf_counter() - t0, 4), "epoch": gb.epoch}
+        metrics.log(row)
+        say(f"step {step + 1}/{total_steps} loss {row['loss']:.4f} lr {lr:.2e} "
+            f"grad_norm {grad_norm if grad_norm is None else round(grad_norm, 4)} "
+            f"dataset {row['dataset']} {row['seconds']:.2f}s")
+        done = step + 1 == total_steps
+        if done or (step + 1) % cfg.run.save_every == 0 or totals[2] > 0:
+            ds.save_checkpoint(engine, ckpt_root, step + 1, {"step": step + 1}, cfg.run.keep_checkpoints)
+        if totals[2] > 0 and not done:
+            say(f"stop requested: checkpoint written at step {step + 1}; resume with --resume")
+            metrics.close()
+            return run_dir
+    metrics.close()
+    out = save_final(engine, tokenizer, cfg, run_dir)
+    say(f"done: adapter in {out}")
+    return run_dir
