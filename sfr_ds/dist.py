@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -66,9 +68,20 @@ def launcher_env() -> dict[str, str]:
     return out
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this rank when its launcher dies, so no orphan rank trains on alone."""
+    if sys.platform.startswith("linux") and "RANK" in os.environ:
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the launcher died before we asked
+            os._exit(1)
+
+
 def setup(timeout_s: int = 1800) -> DistInfo:
     """Initialise the default process group once (gloo on CPU, nccl on CUDA)."""
     if not dist.is_initialized():
+        die_with_parent()
         os.environ.update(launcher_env())
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         local_rank = int(os.environ["LOCAL_RANK"])

@@ -180,6 +180,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def full_grads(engine) -> dict[str, torch.Tensor]:
+    """Reduced gradients of the trainable parameters, whole, after backward (all ranks must call)."""
+    from deepspeed.utils import safe_get_full_grad
+
+    out = {}
+    for n, p in engine.module.named_parameters():
+        if p.requires_grad:
+            g = safe_get_full_grad(p)
+            out[n] = None if g is None else g.detach().float().cpu().clone()
+    return out
+
+
 def module_state(engine) -> dict[str, torch.Tensor]:
     """Trainable parameters as full tensors on CPU (ZeRO-3 partitions gathered first)."""
     named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]

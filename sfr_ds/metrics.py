@@ -5,6 +5,14 @@ import json
 from pathlib import Path
 
 
+def _step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a kill counts as after any resume point."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int):
         self.enabled = enabled
@@ -13,12 +21,11 @@ class MetricsLog:
         if not enabled:
             return
         if self.path.exists():  # keep the lines of steps that a resume will not redo
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] < resume_step]
+            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def log(self, row: dict) -> None:
         if not self.enabled:

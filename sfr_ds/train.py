@@ -10,6 +10,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -109,7 +110,9 @@ def save_final(engine, tokenizer, cfg: TrainConfig, run_dir: Path) -> Path:
     return out
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
+def train(cfg: TrainConfig, resume: bool = False,
+          after_backward: Callable[[object, int], None] | None = None) -> Path:
+    """Run (or resume) training; ``after_backward(engine, step)`` sees each step's reduced gradients."""
     me = dist.setup(cfg.run.dist_timeout_s)
     stop = StopFlag()
     run_dir = prepare_run_dir(cfg, resume)
@@ -180,6 +183,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                                       cfg.gradcache.check_replay)
         else:
             loss = plain_backward(engine, queries, docs, loss_fn)
+        if after_backward is not None:
+            after_backward(engine, step + 1)
         grad_norm = ds.step(engine)
         # one collective for the logged figures and the stop flag
         totals = dist.all_reduce_sum(torch.tensor(

@@ -1,0 +1,64 @@
+"""Shared test setup: offline, CPU DeepSpeed, and helpers that start real processes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def run(cmd: list[str], timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    """Run a command; on failure show its output in the assertion."""
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=proc_env(),
+                       cwd=ROOT, **kw)
+    assert p.returncode == 0, f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
+    return p
+
+
+def sfr_ds(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "sfr_ds.cli", *map(str, args)], timeout=timeout)
+
+
+def torchrun_worker(n: int, out: Path, *overrides: str, config: Path = TINY) -> dict:
+    """Train under torchrun with N ranks and return {step: {param: full gradient}}."""
+    import torch
+
+    run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--nnodes=1",
+         "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(ROOT / "tests" / "dist_worker.py"),
+         str(config), str(out), *overrides])
+    return torch.load(out, weights_only=True)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA

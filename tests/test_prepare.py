@@ -1,0 +1,182 @@
+"""prepare.py against counts and texts computed here straight from the source files, and the
+bundled data against the rules it was built by."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sfr_ds.data.prepare import INSTRUCTIONS, from_beir, from_labelled, from_sts
+from sfr_ds.data.records import RecordError, read_jsonl
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BUNDLE = Path(__file__).resolve().parents[1] / "sfr_ds" / "resources" / "data"
+BUNDLED = ("scifact_train.jsonl", "stsb_train.jsonl", "banking77_train.jsonl", "tiny.jsonl")
+
+
+@pytest.fixture(scope="module")
+def data() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    return DATA
+
+
+# --- BEIR -----------------------------------------------------------------------------------
+
+def test_from_beir_scifact_train_matches_qrels_and_corpus(data):
+    corpus = {}
+    with open(data / "scifact" / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            corpus[d["_id"]] = (d["title"].strip() + " " + d["text"].strip()).strip()
+    with open(data / "scifact" / "queries.jsonl", encoding="utf-8") as f:
+        queries = {q["_id"]: q["text"] for q in map(json.loads, f)}
+    judged: dict[str, list[tuple[str, int]]] = {}
+    with open(data / "scifact" / "qrels" / "train.tsv", encoding="utf-8") as f:
+        for qid, did, score in (line.rstrip("\n").split("\t") for line in list(f)[1:]):
+            judged.setdefault(qid, []).append((did, int(score)))
+    relevant = {q: [d for d, s in pairs if s > 0] for q, pairs in judged.items()
+                if q in queries and all(d in corpus for d, _ in pairs)
+                and any(s > 0 for _, s in pairs)}
+
+    records, report = from_beir(data / "scifact", "train", "scifact")
+
+    assert len(records) == len(relevant) == report.written
+    assert report.skipped == 0
+    for r in records:
+        qid = r.extra["query_id"]
+        assert r.query == queries[qid]
+        assert r.extra["pos_ids"] == relevant[qid]
+        assert r.pos == [corpus[d] for d in relevant[qid]]
+        assert r.neg == [] and r.task_type == "retrieval"
+        assert r.instruction == INSTRUCTIONS["scifact"]
+
+
+def _beir_dir(root: Path, corpus_lines: list[str], qrels_rows: list[str]) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("\n".join(corpus_lines) + "\n", encoding="utf-8")
+    queries = [{"_id": q, "text": f"claim {q}"} for q in ("q1", "q2", "q3", "q4")]
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(row + "\n" for row in qrels_rows))
+    return root
+
+
+def test_from_beir_skips_queries_by_reason(tmp_path):
+    docs = [json.dumps({"_id": "d1", "title": " T ", "text": "body one"}),
+            json.dumps({"_id": "d2", "title": "", "text": "body two"})]
+    rows = ["q1\td1\t1", "q1\td2\t1", "q2\td1\t0", "q3\tmissing\t1", "q3\td1\t1", "q9\td1\t1"]
+    records, report = from_beir(_beir_dir(tmp_path, docs, rows), "train", "x", "inst")
+
+    assert [r.pos for r in records] == [["T body one", "body two"]]
+    assert report.written == 1 and report.skipped == 3
+    assert report.reasons == {"no relevant doc": 1, "unknown doc id": 1, "unknown query id": 1}
+
+
+def test_from_beir_malformed_corpus_line_names_file_and_line(tmp_path):
+    docs = [json.dumps({"_id": "d1", "title": "", "text": "ok"}), '{"_id": "d2", "text": ']
+    root = _beir_dir(tmp_path, docs, ["q1\td1\t1"])
+    with pytest.raises(RecordError, match=r"corpus\.jsonl:2: not valid JSON"):
+        from_beir(root, "train", "x", "inst")
+
+
+def test_unknown_dataset_needs_an_instruction(tmp_path):
+    root = _beir_dir(tmp_path, [json.dumps({"_id": "d1", "text": "ok"})], ["q1\td1\t1"])
+    with pytest.raises(ValueError, match="no built-in instruction"):
+        from_beir(root, "train", "not-a-dataset")
+
+
+# --- STS ------------------------------------------------------------------------------------
+
+def test_from_sts_keeps_high_pairs_in_both_directions(data):
+    path = data / "stsbenchmark" / "sts-train.csv"
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    high = [(r[5].strip(), r[6].strip()) for r in rows if float(r[4]) >= 4.0]
+
+    records, report = from_sts(path, "stsb")
+
+    assert len(records) == 2 * len(high) == report.written
+    assert report.reasons == {"below min_score": len(rows) - len(high)}
+    assert all(r.task_type == "sts" and r.neg == [] for r in records)
+    assert [(r.query, r.pos[0]) for r in records[0::2]] == high
+    assert [(r.pos[0], r.query) for r in records[1::2]] == high
+
+
+def test_from_sts_min_score_and_extra_columns(tmp_path):
+    path = tmp_path / "sts.csv"
+    path.write_text("g\tf\t2012\t0001\t4.5\tA \"quoted\" cat.\tA cat.\tlicence\textra\n"
+                    "g\tf\t2012\t0002\t3.9\tA dog.\tA cat.\n", encoding="utf-8")
+    records, report = from_sts(path, "stsb", min_score=4.0)
+    assert [(r.query, r.pos) for r in records] == [('A "quoted" cat.', ["A cat."]),
+                                                    ("A cat.", ['A "quoted" cat.'])]
+    assert report.reasons == {"below min_score": 1}
+
+
+# --- labels as documents --------------------------------------------------------------------
+
+def test_from_labelled_banking77_labels_as_documents(data):
+    path = data / "banking77" / "train.csv"
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n_labels = len({r["category"] for r in rows})
+
+    records, report = from_labelled(path, "banking77")
+
+    assert n_labels == 77 and len(records) == len(rows) == report.written
+    for r, row in zip(records, rows):
+        truth = row["category"].replace("_", " ")
+        assert r.query == row["text"].strip()
+        assert r.pos == [truth] and truth not in r.neg
+        assert len(r.neg) == len(set(r.neg)) == n_labels - 1
+        assert r.task_type == "classification" and r.loss_mode == "own_negatives"
+
+
+def test_from_labelled_sampled_negatives_are_deterministic(data):
+    path = data / "banking77" / "train.csv"
+    a, _ = from_labelled(path, "banking77", n_neg=7, seed=3)
+    b, _ = from_labelled(path, "banking77", n_neg=7, seed=3)
+    c, _ = from_labelled(path, "banking77", n_neg=7, seed=4)
+    assert [r.neg for r in a] == [r.neg for r in b] != [r.neg for r in c]
+    assert all(len(r.neg) == 7 and r.pos[0] not in r.neg for r in a)
+
+
+def test_from_labelled_label_text_and_task_type(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("sentence,topic\nhello,a_b\nbye,c\n", encoding="utf-8")
+    records, _ = from_labelled(path, "x", "inst", task_type="clustering", text_field="sentence",
+                               label_field="topic", label_text={"a_b": "Alpha", "c": "Gamma"})
+    assert [(r.pos, r.neg) for r in records] == [(["Alpha"], ["Gamma"]), (["Gamma"], ["Alpha"])]
+    with pytest.raises(ValueError, match="task_type"):
+        from_labelled(path, "x", "inst", task_type="retrieval", text_field="sentence",
+                      label_field="topic")
+    with pytest.raises(RecordError, match="lacks column"):
+        from_labelled(path, "x", "inst")
+
+
+# --- bundled data ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_files_are_valid_records(name):
+    records = read_jsonl(BUNDLE / name)
+    assert all(not set(r.neg) & set(r.pos) for r in records)
+
+
+def test_bundled_scifact_negatives_respect_window_and_positives():
+    records = read_jsonl(BUNDLE / "scifact_train.jsonl")
+    assert 350 <= len(records) <= 450
+    for r in records:
+        assert len(r.neg) == 7
+        assert all(30 <= rank < 100 for rank in r.extra["neg_ranks"])
+        assert not set(r.extra["neg_ids"]) & set(r.extra["pos_ids"])
+        assert not set(r.neg) & set(r.pos)
+
+
+def test_bundled_tiny_mixes_three_task_types():
+    records = read_jsonl(BUNDLE / "tiny.jsonl")
+    assert Counter(r.task_type for r in records) == {"retrieval": 32, "sts": 32,
+                                                      "classification": 32}
+    assert all(len(r.neg) >= 3 for r in records)
