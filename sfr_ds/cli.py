@@ -75,5 +75,17 @@ def _spawn_local(n: int, args, output_dir, resume) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def _add_commands() -> None:
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        main.add_command(importlib.import_module(f"{commands.__name__}.{info.name}").command)
+
+
+_add_commands()
+
 if __name__ == "__main__":
     main()

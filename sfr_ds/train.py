@@ -102,6 +102,7 @@ def save_final(engine, tokenizer, cfg: TrainConfig, run_dir: Path) -> Path:
                               if cfg.lora.enabled else None)
         tokenizer.save_pretrained(str(out))
         meta = {"base_model": cfg.model.name_or_path, "random_init": cfg.model.random_init,
+                "base_model_dir": "../base_model" if cfg.model.random_init else None,
                 "pooling": cfg.model.pooling, "normalize": cfg.model.normalize,
                 "append_eos": append_eos(cfg.model), "query_max_len": cfg.data.query_max_len,
                 "doc_max_len": cfg.data.doc_max_len, "dtype": cfg.model.dtype, "lora": cfg.lora.enabled}
