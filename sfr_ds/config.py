@@ -251,8 +251,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     data = apply_overrides(data, list(overrides or []))
     problems: list[str] = []
     cfg = _build(TrainConfig, data, "", problems)
-    if not problems:
-        problems += _semantic_checks(cfg)
+    # fields with a wrong type kept their (valid) defaults, so this reports only real problems
+    problems += _semantic_checks(cfg)
     if problems:
         raise ConfigError(problems)
     if resolve_files:

@@ -1,0 +1,70 @@
+"""Config: every bad field at once, overrides, DeepSpeed JSON consistency, the seed's schedule."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY, proc_env
+from sfr_ds.config import ConfigError, load_config
+
+
+def test_tiny_config_loads_and_overrides_apply():
+    cfg = load_config(TINY, ["data.global_batch_size=16", "loss.temperature=0.05", "lora.target_modules=[q_proj]"])
+    assert cfg.data.global_batch_size == 16 and cfg.loss.temperature == 0.05
+    assert cfg.lora.target_modules == ["q_proj"]
+    assert cfg.data.train_files[0].startswith("/") and cfg.deepspeed.config.endswith("zero2.json")
+
+
+def test_every_problem_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(TINY, ["data.global_batch_sze=4", "model.pooling=max", "optim.lr=fast",
+                           "loss.temperature=0", "gradcache.chunk_size=0"])
+    problems = e.value.problems
+    assert any("data.global_batch_sze" in p and "did you mean 'data.global_batch_size'" in p for p in problems)
+    assert any("'model.pooling' must be one of 'last', 'mean', 'cls'" in p for p in problems)
+    assert any("'optim.lr' must be float" in p for p in problems)
+    assert any("'loss.temperature' must be > 0" in p for p in problems)
+    assert any("'gradcache.chunk_size' must be >= 1" in p for p in problems)
+    assert len(problems) == 5
+    with pytest.raises(ConfigError) as e:
+        load_config(TINY, ["loss.temperature=0", "gradcache.chunk_size=0", "optim.warmup_steps=-1"])
+    assert len(e.value.problems) == 3
+
+
+def test_sfr_recipe_config_matches_the_seed():
+    cfg = load_config(ROOT / "configs" / "sfr_mistral_7b.yaml", ["data.train_files=[configs/tiny.yaml]"])
+    assert (cfg.data.global_batch_size, cfg.data.hard_negatives) == (2048, 7)
+    assert (cfg.data.query_max_len, cfg.data.doc_max_len) == (128, 256)
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.lora.r) == (1e-5, 100, 8)
+    assert cfg.model.name_or_path == "intfloat/e5-mistral-7b-instruct" and cfg.data.homogeneous
+
+
+def test_deepspeed_json_must_agree(tmp_path):
+    from sfr_ds.engine import ds_config
+
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps({"bf16": {"enabled": True}, "gradient_clipping": 5.0,
+                               "zero_optimization": {"stage": 2}}))
+    cfg = load_config(TINY, [f"deepspeed.config={bad}"])
+    with pytest.raises(ConfigError) as e:
+        ds_config(cfg, 4)
+    assert any("gradient_clipping" in p and "optim.grad_clip" in p for p in e.value.problems)
+    assert any("bf16.enabled=True but model.dtype='fp32'" in p for p in e.value.problems)
+    good = ds_config(load_config(TINY), 4)
+    assert good["train_micro_batch_size_per_gpu"] == 4 and good["gradient_clipping"] == 1.0
+
+
+def test_linear_warmup_then_decay_to_zero():
+    from sfr_ds.engine import linear_schedule
+
+    f = linear_schedule(100, 1000)
+    assert f(0) == pytest.approx(0.01) and f(99) == pytest.approx(1.0)
+    assert f(100) == pytest.approx(1.0) and f(550) == pytest.approx(0.5) and f(1000) == 0.0
+
+
+def test_cli_prints_all_problems():
+    p = subprocess.run([sys.executable, "-m", "sfr_ds.cli", "train", str(TINY), "model.pooling=max",
+                        "data.hard_negatives=x"], capture_output=True, text=True, env=proc_env(), cwd=ROOT)
+    assert p.returncode != 0
+    assert "model.pooling" in p.stderr and "data.hard_negatives" in p.stderr
