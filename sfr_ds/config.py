@@ -99,6 +99,9 @@ class RunConfig:
     tensorboard: bool = True
     seed: int = 0  # model init and dropout; data order has its own seed
     dist_timeout_s: int = 1800
+    # A NaN/inf loss on any rank: 'stop' ends the run with an error naming the step and dataset;
+    # 'skip' drops that step's update (logged, counted) and goes on.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass

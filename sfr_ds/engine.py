@@ -102,6 +102,11 @@ def step(engine) -> float | None:
     return None if norm is None else float(norm)
 
 
+def skip_step(engine) -> None:
+    """No update this step, but the schedule advances so lr stays a function of the step number."""
+    engine.lr_scheduler.step()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def latest_tag(ckpt_root: str | os.PathLike) -> str | None:

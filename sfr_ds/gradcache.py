@@ -18,6 +18,13 @@ import torch
 from .data.collate import Tokens
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (q [n,d], docs [m,d]) -> scalar
+# Called with the local loss before any parameter gradient exists; False skips the backward (all
+# ranks must agree, so the gate is where the step's one collective happens).
+Gate = Callable[[torch.Tensor], bool]
+
+
+def _always(loss: torch.Tensor) -> bool:
+    return True
 
 
 class RngState:
@@ -37,18 +44,20 @@ def _chunks(tokens: Tokens, size: int) -> list[Tokens]:
     return [tokens.slice(i, min(i + size, len(tokens))) for i in range(0, len(tokens), size)]
 
 
-def plain_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn) -> torch.Tensor:
+def plain_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn,
+                   gate: Gate = _always) -> torch.Tensor:
     """Forward the whole local batch with grad, then ``engine.backward``. Returns the local loss."""
     device = engine.device
     q = engine(**vars(queries.to(device)))
     d = engine(**vars(docs.to(device)))
     loss = loss_fn(q, d)
-    engine.backward(loss)
+    if gate(loss.detach()):
+        engine.backward(loss)
     return loss.detach()
 
 
 def gradcache_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn, chunk_size: int,
-                       check_replay: bool = False) -> torch.Tensor:
+                       check_replay: bool = False, gate: Gate = _always) -> torch.Tensor:
     """The same gradients as ``plain_backward`` with one chunk's activations alive at a time."""
     device = engine.device
     chunks = _chunks(queries, chunk_size) + _chunks(docs, chunk_size)
@@ -61,6 +70,8 @@ def gradcache_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn, c
     q = torch.cat(cached[:n_query_chunks]).requires_grad_(True)
     d = torch.cat(cached[n_query_chunks:]).requires_grad_(True)
     loss = loss_fn(q, d)
+    if not gate(loss.detach()):
+        return loss.detach()
     loss.backward()
     grads = list(q.grad.split(chunk_size)) + list(d.grad.split(chunk_size))
     after = RngState()

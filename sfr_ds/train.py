@@ -6,9 +6,11 @@ calls ``train``. Step s of every run sees the same global batch whatever the num
 from __future__ import annotations
 
 import json
-import logging
+import math
+import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,8 +19,8 @@ import torch
 from . import dist
 from . import engine as ds
 from .config import TrainConfig, config_from_dict, dump_config
-from .data.batch import NegativeDrawer, allowed_mask, build_text_batch
-from .data.collate import tokenize
+from .data.batch import NegativeDrawer, TextBatch, allowed_mask, build_text_batch
+from .data.collate import Tokens, tokenize
 from .data.load import group_by_dataset, load_training_data
 from .data.sampler import BatchPlan
 from .gradcache import gradcache_backward, plain_backward
@@ -26,7 +28,6 @@ from .loss import contrastive_loss
 from .metrics import MetricsLog
 from .model import append_eos, build_embedder, count_parameters, load_tokenizer
 
-log = logging.getLogger("sfr_ds.train")
 FINAL = "final"  # <run>/final: the PEFT adapter, tokenizer and sfr_ds.json
 
 
@@ -45,6 +46,60 @@ class StopFlag:
 def say(msg: str) -> None:
     if dist.info().is_main:
         print(f"[sfr-ds] {msg}", flush=True)
+
+
+class StepGate:
+    """The step's one collective, before any parameter gradient: loss, tokens, stop and NaN flags.
+
+    ``SFR_DS_FAULT_NAN_STEP=N`` (a testing hook) turns rank 0's loss at step N into NaN.
+    """
+
+    def __init__(self, step: int, n_tokens: int, stop: StopFlag):
+        self.step, self.n_tokens, self.stop_flag = step, n_tokens, stop
+        self.loss, self.tokens, self.stop, self.nonfinite = float("nan"), 0, False, False
+
+    def __call__(self, loss: torch.Tensor) -> bool:
+        value = float(loss)
+        if os.environ.get("SFR_DS_FAULT_NAN_STEP") == str(self.step) and dist.info().is_main:
+            value = float("nan")
+        bad = not math.isfinite(value)
+        totals = dist.all_reduce_sum(torch.tensor(
+            [0.0 if bad else value, self.n_tokens, float(self.stop_flag.raised), float(bad)],
+            dtype=torch.float64))
+        self.loss, self.tokens = float(totals[0]), int(totals[1])
+        self.stop, self.nonfinite = bool(totals[2] > 0), bool(totals[3] > 0)
+        return not self.nonfinite
+
+
+@dataclass
+class StepInputs:
+    queries: Tokens
+    docs: Tokens
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.queries.n_tokens + self.docs.n_tokens
+
+
+def step_inputs(batch: TextBatch, rows: slice, tokenizer, cfg: TrainConfig, device) -> StepInputs:
+    """This rank's tokens and its loss over the (gathered) documents of the global batch."""
+    group, eos = batch.group, append_eos(cfg.model)
+    queries = tokenize(tokenizer, batch.queries[rows], cfg.data.query_max_len, eos)
+    docs = tokenize(tokenizer, batch.docs[rows.start * group:rows.stop * group], cfg.data.doc_max_len, eos)
+    allowed = allowed_mask(batch, rows, cfg.loss.mask_duplicates)
+    gather = batch.needs_gather()  # labels-only batches need no other rank's documents
+    offset = 0 if gather else rows.start * group
+    if not gather:
+        allowed = allowed[:, offset:offset + len(docs)]
+    positive = (torch.arange(rows.start, rows.stop) * group - offset).to(device)
+    allowed = allowed.to(device)
+
+    def loss_fn(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(q, dist.gather_with_grad(d) if gather else d, positive, allowed,
+                                cfg.loss.temperature)
+
+    return StepInputs(queries, docs, loss_fn)
 
 
 def batch_arithmetic(cfg: TrainConfig, world: int) -> tuple[int, str]:
@@ -118,7 +173,7 @@ def train(cfg: TrainConfig, resume: bool = False,
     stop = StopFlag()
     run_dir = prepare_run_dir(cfg, resume)
     per_rank, arithmetic = batch_arithmetic(cfg, me.world)
-    rows = slice(me.rank * per_rank, (me.rank + 1) * per_rank)
+    rows = slice(me.rank * per_rank, (me.rank + 1) * per_rank)  # this rank's queries
 
     # ---- data: a pure plan of which records form each global step
     records = load_training_data(cfg.data.train_files, cfg.data.max_records_per_dataset)
@@ -156,51 +211,43 @@ def train(cfg: TrainConfig, resume: bool = False,
         start = ds.load_checkpoint(engine, ckpt_root, tag)["step"]
         say(f"resumed from {ckpt_root / tag} at step {start}")
     metrics = MetricsLog(run_dir, me.is_main, cfg.run.tensorboard, start)
-    eos = append_eos(cfg.model)
-    group = 1 + cfg.data.hard_negatives
 
     # ---- steps
     for step in range(start, total_steps):
         t0 = time.perf_counter()
         gb = plan.batch(step)
         batch = build_text_batch(records, gb.indices, gb.epoch, drawer)
-        queries = tokenize(tokenizer, batch.queries[rows], cfg.data.query_max_len, eos)
-        docs = tokenize(tokenizer, batch.docs[rows.start * group:rows.stop * group], cfg.data.doc_max_len, eos)
-        allowed = allowed_mask(batch, rows, cfg.loss.mask_duplicates)
-        gather = batch.needs_gather()  # labels-only batches skip the cross-rank gather
-        offset = 0 if gather else rows.start * group
-        if not gather:
-            allowed = allowed[:, offset:offset + per_rank * group]
-        positive = torch.arange(rows.start, rows.stop) * group - offset
-        allowed, positive = allowed.to(engine.device), positive.to(engine.device)
-
-        def loss_fn(q, d):
-            return contrastive_loss(q, dist.gather_with_grad(d) if gather else d, positive, allowed,
-                                    cfg.loss.temperature)
-
+        inputs = step_inputs(batch, rows, tokenizer, cfg, engine.device)
+        gate = StepGate(step + 1, inputs.n_tokens, stop)
         lr = ds.current_lr(engine)
         if cfg.gradcache.enabled:
-            loss = gradcache_backward(engine, queries, docs, loss_fn, cfg.gradcache.chunk_size,
-                                      cfg.gradcache.check_replay)
+            gradcache_backward(engine, inputs.queries, inputs.docs, inputs.loss_fn,
+                               cfg.gradcache.chunk_size, cfg.gradcache.check_replay, gate)
         else:
-            loss = plain_backward(engine, queries, docs, loss_fn)
-        if after_backward is not None:
-            after_backward(engine, step + 1)
-        grad_norm = ds.step(engine)
-        # one collective for the logged figures and the stop flag
-        totals = dist.all_reduce_sum(torch.tensor(
-            [float(loss), queries.n_tokens + docs.n_tokens, float(stop.raised)], dtype=torch.float64))
-        row = {"step": step + 1, "loss": float(totals[0]) / me.world, "lr": lr,
-               "dataset": gb.dataset or "mixed", "grad_norm": grad_norm, "tokens": int(totals[1]),
-               "seconds": round(time.perf_counter() - t0, 4), "epoch": gb.epoch}
+            plain_backward(engine, inputs.queries, inputs.docs, inputs.loss_fn, gate)
+        row = {"step": step + 1, "loss": gate.loss / me.world, "lr": lr, "dataset": gb.dataset or "mixed",
+               "grad_norm": None, "tokens": gate.tokens, "seconds": 0.0, "epoch": gb.epoch}
+        if gate.nonfinite:
+            if cfg.run.on_nonfinite == "stop":
+                raise FloatingPointError(f"non-finite loss at step {step + 1} (dataset {row['dataset']}, "
+                                         f"epoch {gb.epoch}); nothing was applied. Resume from the last "
+                                         "checkpoint, or set run.on_nonfinite=skip to drop such steps")
+            ds.skip_step(engine)
+            row.update(loss=None, skipped=True)
+            say(f"WARNING non-finite loss at step {step + 1} (dataset {row['dataset']}): update skipped")
+        else:
+            if after_backward is not None:
+                after_backward(engine, step + 1)
+            row["grad_norm"] = ds.step(engine)
+        row["seconds"] = round(time.perf_counter() - t0, 4)
         metrics.log(row)
-        say(f"step {step + 1}/{total_steps} loss {row['loss']:.4f} lr {lr:.2e} "
-            f"grad_norm {grad_norm if grad_norm is None else round(grad_norm, 4)} "
+        say(f"step {step + 1}/{total_steps} loss {row['loss'] if row['loss'] is None else round(row['loss'], 4)} "
+            f"lr {lr:.2e} grad_norm {row['grad_norm'] if row['grad_norm'] is None else round(row['grad_norm'], 4)} "
             f"dataset {row['dataset']} {row['seconds']:.2f}s")
         done = step + 1 == total_steps
-        if done or (step + 1) % cfg.run.save_every == 0 or totals[2] > 0:
+        if done or (step + 1) % cfg.run.save_every == 0 or gate.stop:
             ds.save_checkpoint(engine, ckpt_root, step + 1, {"step": step + 1}, cfg.run.keep_checkpoints)
-        if totals[2] > 0 and not done:
+        if gate.stop and not done:
             say(f"stop requested: checkpoint written at step {step + 1}; resume with --resume")
             metrics.close()
             return run_dir

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from sfr_ds.data.batch import NegativeDrawer, TextBatch, allowed_mask, build_text_batch
+from sfr_ds.data.batch import NegativeDrawer, allowed_mask, build_text_batch
 from sfr_ds.data.records import Record
 from sfr_ds.loss import contrastive_logits, contrastive_loss
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
