@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .config import ConfigError
+from .data.records import RecordError
 
 
 @click.group()
@@ -58,6 +59,8 @@ def train(args, output_dir, resume, nproc_per_node):
 
     try:
         run_training(cfg, resume=resume)
+    except (ConfigError, RecordError) as e:
+        raise click.ClickException(str(e)) from None
     finally:
         from .dist import cleanup
         cleanup()

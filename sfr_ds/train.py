@@ -18,7 +18,7 @@ import torch
 
 from . import dist
 from . import engine as ds
-from .config import TrainConfig, config_from_dict, dump_config
+from .config import ConfigError, TrainConfig, config_from_dict, dump_config
 from .data.batch import NegativeDrawer, TextBatch, allowed_mask, build_text_batch
 from .data.collate import Tokens, tokenize
 from .data.load import group_by_dataset, load_training_data
@@ -105,8 +105,8 @@ def step_inputs(batch: TextBatch, rows: slice, tokenizer, cfg: TrainConfig, devi
 def batch_arithmetic(cfg: TrainConfig, world: int) -> tuple[int, str]:
     G = cfg.data.global_batch_size
     if G % world:
-        raise ValueError(f"data.global_batch_size={G} is not divisible by the {world} ranks; "
-                         f"use a multiple of {world}")
+        raise ConfigError([f"data.global_batch_size={G} is not divisible by the {world} ranks; "
+                           f"use a multiple of {world}"])
     n, k = G // world, cfg.data.hard_negatives
     chunks = -(-n // cfg.gradcache.chunk_size) + -(-n * (1 + k) // cfg.gradcache.chunk_size)
     text = (f"global batch {G} queries = {n} per rank x {world} ranks; {1 + k} documents per query "
@@ -125,11 +125,11 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
         before = config_from_dict(yaml.safe_load(saved.read_text())).to_dict()
         if before != cfg.to_dict():
             diff = _diff(before, cfg.to_dict())
-            raise ValueError(f"--resume: the config differs from {saved} in {', '.join(diff)}; "
-                             "resume with the run's own config (sfr-ds train --resume --output-dir DIR)")
+            raise ConfigError([f"--resume: the config differs from {saved} in {', '.join(diff)}; resume "
+                               "with the run's own config (sfr-ds train --resume --output-dir DIR)"])
     elif not resume and (run_dir / "checkpoints" / "latest").exists():
-        raise ValueError(f"{run_dir} already holds checkpoints; pass --resume to continue it "
-                         "or choose another --output-dir")
+        raise ConfigError([f"{run_dir} already holds checkpoints; pass --resume to continue it "
+                           "or choose another --output-dir"])
     if dist.info().is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, saved)
@@ -177,9 +177,12 @@ def train(cfg: TrainConfig, resume: bool = False,
 
     # ---- data: a pure plan of which records form each global step
     records = load_training_data(cfg.data.train_files, cfg.data.max_records_per_dataset)
-    plan = BatchPlan(group_by_dataset(records), cfg.data.global_batch_size,
-                     homogeneous=cfg.data.homogeneous, seed=cfg.data.seed,
-                     weights=cfg.data.dataset_weights)
+    try:
+        plan = BatchPlan(group_by_dataset(records), cfg.data.global_batch_size,
+                         homogeneous=cfg.data.homogeneous, seed=cfg.data.seed,
+                         weights=cfg.data.dataset_weights)
+    except ValueError as e:
+        raise ConfigError([str(e)]) from None
     drawer = NegativeDrawer(records, cfg.data.hard_negatives, cfg.data.short_negatives, cfg.data.seed)
     total_steps = plan.steps_per_epoch * cfg.optim.epochs
     if cfg.optim.max_steps is not None:

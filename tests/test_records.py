@@ -53,3 +53,17 @@ def test_parquet_rows_are_checked_with_their_row_number(tmp_path):
         load_records(str(path))
     datasets.Dataset.from_list([GOOD]).to_parquet(str(path))
     assert load_records(str(path))[0].query == "q"
+
+
+def test_training_stops_on_a_bad_line_naming_it(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TINY, proc_env
+
+    p = write(tmp_path, [json.dumps(GOOD), json.dumps(dict(GOOD, pos=[]))])
+    r = subprocess.run([sys.executable, "-m", "sfr_ds.cli", "train", str(TINY), f"data.train_files=[{p}]",
+                        "--output-dir", str(tmp_path / "run")], capture_output=True, text=True,
+                       env=proc_env(), cwd=ROOT, timeout=300)
+    assert r.returncode != 0
+    assert f"{p}:2: field 'pos' is an empty list" in r.stderr

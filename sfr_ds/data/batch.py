@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .collate import format_query
-from .records import Record
+from .records import Record, RecordError
 
 
 @dataclass
@@ -48,7 +48,7 @@ class NegativeDrawer:
         self.n_empty = sum(1 for i in short if not records[i].neg)
         if short and policy == "error":
             lines = ", ".join(f"#{i} ({records[i].dataset}: {len(records[i].neg)})" for i in short[:10])
-            raise ValueError(f"{len(short)} records have fewer than data.hard_negatives={k} negatives "
+            raise RecordError(f"{len(short)} records have fewer than data.hard_negatives={k} negatives "
                              f"(first: {lines}); choose data.short_negatives=repeat or random")
 
     def _from_pool(self, rng, i: int, n: int) -> list[str]:
@@ -64,7 +64,7 @@ class NegativeDrawer:
             if text not in banned:
                 out.append(text)
         if len(out) < n:
-            raise ValueError(f"dataset {rec.dataset!r}: cannot find {n} negatives for record #{i} "
+            raise RecordError(f"dataset {rec.dataset!r}: cannot find {n} negatives for record #{i} "
                              "among other records (too few distinct documents)")
         return out
 
