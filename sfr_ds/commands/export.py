@@ -1,0 +1,22 @@
+"""``sfr-ds export CHECKPOINT --out DIR``: a training checkpoint (any step, any ZeRO stage) as a PEFT adapter."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the adapter.")
+def command(checkpoint, out):
+    """Write CHECKPOINT's LoRA weights as a PEFT adapter folder in OUT.
+
+    CHECKPOINT is <run>/checkpoints/step-NNNNNNNN, or <run> / <run>/checkpoints for the latest one.
+    OUT works with `sfr-ds merge` and TextEncoder.from_run, like <run>/final.
+    """
+    from ..export import ExportError, export
+
+    try:
+        path = export(checkpoint, out)
+    except ExportError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"adapter written to {path}")
