@@ -1,0 +1,27 @@
+"""``sfr-ds rounds``: submit (or continue) mining-then-training rounds; ``--status`` reports them."""
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="rounds", context_settings={"ignore_unknown_options": True})
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--status", is_flag=True, help="Report each stage's state and submit nothing.")
+@click.option("--local", is_flag=True, help="Run the stages here one after another instead of on Slurm.")
+@click.option("--nproc-per-node", type=int, default=1, show_default=True, help="Training ranks with --local.")
+def command(config, overrides, status, local, nproc_per_node):
+    """Per round: mine -> train -> eval (dependent Slurm jobs). Re-run the same command after a
+    failure: complete stages are skipped, queued ones reused, the rest submitted."""
+    from sfr_ds.config import ConfigError
+    from sfr_ds.rounds import Pipeline, load_rounds_config
+
+    try:
+        pipeline = Pipeline(load_rounds_config(config, list(overrides)))
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        lines = pipeline.status() if status else pipeline.run_local(nproc_per_node) if local else pipeline.submit()
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo("\n".join(lines))
