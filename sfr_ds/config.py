@@ -70,8 +70,13 @@ class LossConfig:
 @dataclass
 class GradCacheConfig:
     enabled: bool = True
-    chunk_size: int = 32  # sequences per re-forward sub-batch
+    chunk_size: int = 32  # sequences per re-forward sub-batch, padded to the longest (packing off)
     check_replay: bool = False  # assert the grad pass reproduces the cached embeddings
+    # Pack each chunk's real tokens into one row with attention kept per sequence (flash-attn's or
+    # PyTorch's varlen kernel on GPU, sdpa per chunk on CPU): no compute on padding. Chunks are
+    # filled longest-first up to ``chunk_tokens`` real tokens instead of ``chunk_size`` sequences.
+    packing: bool = False
+    chunk_tokens: int = 8192
 
 
 @dataclass
@@ -154,7 +159,8 @@ def _describe(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
 
 
-def _build(cls, data: dict, prefix: str, problems: list[str]):
+def build_dataclass(cls, data: dict, prefix: str, problems: list[str]):
+    """Build dataclass ``cls`` from a mapping, appending every problem (dotted names) to ``problems``."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -170,7 +176,7 @@ def _build(cls, data: dict, prefix: str, problems: list[str]):
             if not isinstance(value, dict):
                 problems.append(f"'{dotted}' must be a mapping of its fields, got {value!r}")
                 continue
-            kwargs[key] = _build(tp, value, dotted + ".", problems)
+            kwargs[key] = build_dataclass(tp, value, dotted + ".", problems)
         elif not _type_ok(value, tp):
             problems.append(f"'{dotted}' must be {_describe(tp)}, got {value!r}")
         else:
@@ -195,6 +201,12 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
              f"'data.dataset_weights.{name}' must be a number >= 0, got {w!r}")
     need(c.loss.temperature > 0, "'loss.temperature' must be > 0 (0.02 in the seed)")
     need(c.gradcache.chunk_size >= 1, "'gradcache.chunk_size' must be >= 1")
+    longest = max(c.data.query_max_len, c.data.doc_max_len)
+    need(not c.gradcache.packing or c.gradcache.chunk_tokens >= longest,
+         f"'gradcache.chunk_tokens' ({c.gradcache.chunk_tokens}) must be >= the longest sequence "
+         f"({longest}, from data.query_max_len/doc_max_len) so that every sequence fits in a chunk")
+    need(not c.gradcache.packing or c.gradcache.enabled,
+         "'gradcache.packing' needs gradcache.enabled=true (packing is how GradCache chunks are formed)")
     need(c.optim.lr > 0, "'optim.lr' must be > 0 (1e-5 in the seed)")
     need(c.optim.warmup_steps >= 0, "'optim.warmup_steps' must be >= 0")
     need(c.optim.grad_clip >= 0, "'optim.grad_clip' must be >= 0 (0 disables clipping)")
@@ -253,7 +265,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         bases.insert(0, Path(path).resolve().parent)
     data = apply_overrides(data, list(overrides or []))
     problems: list[str] = []
-    cfg = _build(TrainConfig, data, "", problems)
+    cfg = build_dataclass(TrainConfig, data, "", problems)
     # fields with a wrong type kept their (valid) defaults, so this reports only real problems
     problems += _semantic_checks(cfg)
     if problems:
@@ -270,7 +282,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 def config_from_dict(data: dict) -> TrainConfig:
     """Rebuild a config from ``run.yaml`` (already resolved and validated when it was written)."""
     problems: list[str] = []
-    cfg = _build(TrainConfig, data, "", problems)
+    cfg = build_dataclass(TrainConfig, data, "", problems)
     if problems:
         raise ConfigError(problems)
     return cfg

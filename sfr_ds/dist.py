@@ -142,6 +142,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, returned as a new tensor (the input is left untouched)."""
     t = t.detach().clone()
     if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl" and not t.is_cuda:  # NCCL reduces device tensors only
+            return all_reduce_sum(t.cuda()).to(t.device)
         dist.all_reduce(t)
     return t
 

@@ -28,6 +28,17 @@ class EncodeSettings:
     batch_size: int = 32
 
 
+def encode_meta(cfg, base_dir: str | None) -> dict:
+    """``sfr_ds.json``: what ``TextEncoder.from_run`` needs to encode as training did.
+
+    ``cfg`` is the run's TrainConfig; ``base_dir`` locates a random-init base (relative to the folder).
+    """
+    return {"base_model": cfg.model.name_or_path, "random_init": cfg.model.random_init,
+            "base_model_dir": base_dir, "pooling": cfg.model.pooling, "normalize": cfg.model.normalize,
+            "append_eos": append_eos(cfg.model), "query_max_len": cfg.data.query_max_len,
+            "doc_max_len": cfg.data.doc_max_len, "dtype": cfg.model.dtype, "lora": cfg.lora.enabled}
+
+
 class TextEncoder:
     def __init__(self, embedder: Embedder, tokenizer, settings: EncodeSettings, device=None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -46,7 +57,8 @@ class TextEncoder:
     @classmethod
     def from_run(cls, path: str | Path, batch_size: int = 32, device=None,
                  dtype: str | None = None) -> "TextEncoder":
-        """A run directory or its ``final`` adapter folder: base model + PEFT adapter, as trained."""
+        """A run directory, its ``final`` adapter folder, an exported adapter or a merged model:
+        base model + PEFT adapter (or the merged weights), encoded as trained."""
         from peft import PeftModel
 
         final = Path(path)
@@ -55,13 +67,15 @@ class TextEncoder:
         if not (final / META).exists():
             raise FileNotFoundError(f"{path}: no {META} (not an sfr-ds run or adapter folder)")
         meta = json.loads((final / META).read_text())
-        base = ModelConfig(name_or_path=meta["base_model"], pooling=meta["pooling"],
+        base = ModelConfig(name_or_path=meta.get("base_model", str(final)), pooling=meta["pooling"],
                            normalize=meta["normalize"], append_eos=meta["append_eos"],
                            dtype=dtype or meta["dtype"])
-        if meta.get("random_init"):
+        if meta.get("merged"):
+            base.name_or_path = str(final)
+        elif meta.get("random_init"):
             base.name_or_path = str((final / meta["base_model_dir"]).resolve())
         backbone = load_backbone(base)
-        if meta.get("lora", True):
+        if meta.get("lora", True) and not meta.get("merged"):
             backbone = PeftModel.from_pretrained(backbone, str(final))
         tokenizer = load_tokenizer(ModelConfig(name_or_path=str(final)))
         settings = EncodeSettings(meta["append_eos"], meta["query_max_len"], meta["doc_max_len"], batch_size)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -195,6 +196,64 @@ def full_grads(engine) -> dict[str, torch.Tensor]:
             g = safe_get_full_grad(p)
             out[n] = None if g is None else g.detach().float().cpu().clone()
     return out
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message says what is wrong."""
+
+
+def _deepspeed_globals() -> list:
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    return [LossScaler, ZeroStageEnum]
+
+
+def safe_load(path, map_location="cpu", **kwargs):
+    """``torch.load`` with ``weights_only=True`` and DeepSpeed's two plain classes allowed."""
+    kwargs.pop("weights_only", None)
+    with torch.serialization.safe_globals(_deepspeed_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True, **kwargs)
+
+
+class _SafeTorch:
+    """``torch`` as DeepSpeed's zero_to_fp32 sees it, but with the safe ``load``."""
+
+    load = staticmethod(safe_load)
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+def model_states(tag_dir: Path) -> dict:
+    files = sorted(tag_dir.glob("*model_states.pt"))
+    if not files:
+        raise CheckpointError(f"{tag_dir}: no DeepSpeed *model_states.pt file")
+    return safe_load(files[0])
+
+
+def read_trainables(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's trainable (LoRA) parameters, whole, under the engine's names, read safely.
+
+    ZeRO-0/1/2 keep them whole in the model-states file; under ZeRO-3 that file holds empty
+    placeholders and DeepSpeed's own ``zero_to_fp32`` reassembles the fp32 partitions. Every tensor
+    is checked against the shapes the checkpoint records, so an empty export cannot pass.
+    """
+    states = model_states(tag_dir)
+    stage = states["ds_config"].get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        from deepspeed.utils import zero_to_fp32
+
+        with mock.patch.object(zero_to_fp32, "torch", _SafeTorch()):  # only its torch.load changes
+            state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(
+                str(tag_dir.parent), tag=tag_dir.name, exclude_frozen_parameters=True)
+    else:
+        state = states["module"]
+    shapes = {k: v for group in states["param_shapes"] for k, v in group.items()}
+    wrong = [k for k, shape in shapes.items() if k not in state or state[k].shape != shape]
+    if wrong or not shapes:
+        raise CheckpointError(f"{tag_dir}: ZeRO-{stage} checkpoint gave {len(wrong)} of {len(shapes)} trainable "
+                          f"tensors missing or mis-shaped (e.g. {wrong[:2]})")
+    return {k: state[k] for k in shapes}
 
 
 def module_state(engine) -> dict[str, torch.Tensor]:

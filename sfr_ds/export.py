@@ -21,14 +21,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from unittest import mock
 
 import torch
 import yaml
 
 from .config import TrainConfig, config_from_dict
-from .encode import META
-from .model import DTYPES, add_lora, append_eos, load_tokenizer
+from .engine import CheckpointError, read_trainables
+from .encode import META, encode_meta
+from .model import DTYPES, add_lora, load_tokenizer
 
 BACKBONE = "backbone."  # Embedder's attribute: engine names are backbone.<PeftModel name>
 
@@ -53,56 +53,6 @@ def locate(checkpoint: str | Path) -> tuple[Path, Path]:
     return run, path
 
 
-def _deepspeed_globals() -> list:
-    from . import engine  # noqa: F401  (DeepSpeed imported the sfr-ds way: CPU accelerator, no JIT build)
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    return [LossScaler, ZeroStageEnum]
-
-
-def safe_load(path, map_location="cpu", **kwargs):
-    """``torch.load`` with ``weights_only=True`` and DeepSpeed's two plain classes allowed."""
-    kwargs.pop("weights_only", None)
-    with torch.serialization.safe_globals(_deepspeed_globals()):
-        return torch.load(path, map_location=map_location, weights_only=True, **kwargs)
-
-
-class _SafeTorch:
-    """``torch`` as DeepSpeed's zero_to_fp32 sees it, but with the safe ``load``."""
-
-    load = staticmethod(safe_load)
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
-def model_states(tag_dir: Path) -> dict:
-    files = sorted(tag_dir.glob("*model_states.pt"))
-    if not files:
-        raise ExportError(f"{tag_dir}: no DeepSpeed *model_states.pt file")
-    return safe_load(files[0])
-
-
-def trainable_state(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's trainable (LoRA) parameters, whole, under the engine's names."""
-    states = model_states(tag_dir)
-    stage = states["ds_config"].get("zero_optimization", {}).get("stage", 0)
-    if stage == 3:
-        from deepspeed.utils import zero_to_fp32
-
-        with mock.patch.object(zero_to_fp32, "torch", _SafeTorch()):  # only its torch.load changes
-            state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(
-                str(tag_dir.parent), tag=tag_dir.name, exclude_frozen_parameters=True)
-    else:
-        state = states["module"]
-    shapes = {k: v for group in states["param_shapes"] for k, v in group.items()}
-    wrong = [k for k, shape in shapes.items() if k not in state or state[k].shape != shape]
-    if wrong or not shapes:
-        raise ExportError(f"{tag_dir}: ZeRO-{stage} checkpoint gave {len(wrong)} of {len(shapes)} trainable "
-                          f"tensors missing or mis-shaped (e.g. {wrong[:2]})")
-    return {k: state[k] for k in shapes}
-
-
 def meta_backbone(cfg: TrainConfig) -> torch.nn.Module:
     """The run's backbone on the meta device: module names and shapes, no weights read."""
     from transformers import AutoConfig, AutoModel
@@ -119,28 +69,22 @@ def meta_backbone(cfg: TrainConfig) -> torch.nn.Module:
         return AutoModel.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
 
 
-def encode_meta(cfg: TrainConfig, run: Path, out: Path) -> dict:
-    """What ``TextEncoder.from_run`` needs, as ``train.save_final`` writes it (base path relative to ``out``)."""
-    base_dir = os.path.relpath(run / "base_model", out) if cfg.model.random_init else None
-    return {"base_model": cfg.model.name_or_path, "random_init": cfg.model.random_init,
-            "base_model_dir": base_dir, "pooling": cfg.model.pooling, "normalize": cfg.model.normalize,
-            "append_eos": append_eos(cfg.model), "query_max_len": cfg.data.query_max_len,
-            "doc_max_len": cfg.data.doc_max_len, "dtype": cfg.model.dtype, "lora": cfg.lora.enabled}
-
-
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the checkpoint's LoRA weights as a PEFT adapter folder in ``out``."""
     run, tag_dir = locate(checkpoint)
     cfg = config_from_dict(yaml.safe_load((run / "run.yaml").read_text()))
     if not cfg.lora.enabled:
         raise ExportError(f"{run} trained without LoRA: its checkpoints hold full weights, not an adapter")
-    state = trainable_state(tag_dir)
+    try:
+        state = read_trainables(tag_dir)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
     dtype = DTYPES[cfg.model.dtype]
     adapter_state = {k.removeprefix(BACKBONE): v.to(dtype) for k, v in state.items()}
     out = Path(out).resolve()
     add_lora(meta_backbone(cfg), cfg.lora).save_pretrained(str(out), state_dict=adapter_state)
     load_tokenizer(cfg.model).save_pretrained(str(out))
-    meta = encode_meta(cfg, run, out)
+    meta = encode_meta(cfg, os.path.relpath(run / "base_model", out) if cfg.model.random_init else None)
     meta["checkpoint"] = str(tag_dir)
     (out / META).write_text(json.dumps(meta, indent=2))
     return out

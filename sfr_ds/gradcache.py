@@ -3,24 +3,38 @@
 GradCache (Gao et al., 2021) makes the loss over a huge batch cost the memory of one chunk:
   1. embed every chunk without grad (nothing stored), remembering each chunk's RNG state;
   2. run the loss, cross-rank gather included, on the detached embeddings and keep d loss/d emb;
+     the loss goes one block of queries at a time, so its logits (queries x gathered documents)
+     stay a fixed size however large the batch;
   3. re-embed each chunk with grad under the same RNG state (identical dropout) and back-propagate
      the cached gradient with ``engine.backward``; only the last chunk is a gradient-accumulation
-     boundary, so DeepSpeed reduces gradients once and the caller takes a single optimizer step.
+     boundary, so the caller takes a single optimizer step (ZeRO-2 still reduces gradients across
+     ranks at every backward: every rank must run as many chunks as the others).
+Chunks are either ``chunk_size`` sequences padded to their longest, or (``chunk_tokens``) packed:
+sequences sorted by length and filled greedily into chunks of at most ``chunk_tokens`` real tokens,
+each run as one row with attention kept per sequence, so nothing is computed on padding. Either
+way the embeddings are put back in the original order before the loss.
 The engine is used duck-typed (``engine(...)``, ``.backward``, ``.set_gradient_accumulation_boundary``)
-so this module does not import deepspeed.
+so this module does not import deepspeed. Nothing in a step reads a device value on the host
+except the caller's ``gate`` (and, packing on several ranks, one exchange of chunk counts before
+any device work).
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
-from .data.collate import Tokens
+from . import dist
+from .data.collate import Packed, Tokens, to_device
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (q [n,d], docs [m,d]) -> scalar
+# (queries [b, d] = local rows ``rows``, candidate documents [N, d], rows) -> those queries' share
+# of the mean local loss, so that the shares of all row blocks add up to the loss.
+LossFn = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 # Called with the local loss before any parameter gradient exists; False skips the backward (all
 # ranks must agree, so the gate is where the step's one collective happens).
 Gate = Callable[[torch.Tensor], bool]
+LOSS_BLOCK_LOGITS = 1 << 25  # logits per loss block: 128 MiB in fp32, whatever the batch
 
 
 def _always(loss: torch.Tensor) -> bool:
@@ -40,49 +54,141 @@ class RngState:
             torch.cuda.set_rng_state(self.cuda)
 
 
-def _chunks(tokens: Tokens, size: int) -> list[Tokens]:
-    return [tokens.slice(i, min(i + size, len(tokens))) for i in range(0, len(tokens), size)]
+@dataclass
+class Chunk:
+    batch: Tokens | Packed  # what the engine embeds
+    rows: torch.Tensor  # [b] int64: which local queries (or documents) these are, in batch order
+
+
+def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices grouped into chunks of at most ``budget`` tokens, longest sequences first.
+
+    Sorting puts sequences of similar length together (even work for the attention kernels, little
+    to pad where attention runs padded) and greedy filling of sorted lengths leaves each chunk
+    short by less than one sequence. A sequence longer than ``budget`` gets a chunk of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[list[int]] = []
+    used = 0
+    for i in order:
+        if not chunks or used + lengths[i] > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += lengths[i]
+    return chunks
+
+
+def plan_chunks(queries: Tokens, docs: Tokens, chunk_size: int,
+                chunk_tokens: int | None) -> tuple[list[Chunk], list[Chunk]]:
+    """Query chunks and document chunks: runs of ``chunk_size`` padded sequences, or packed chunks
+    of <= ``chunk_tokens`` real tokens.
+
+    Every rank must make as many ``engine.backward`` calls as the others (under ZeRO-2 each one
+    reduces gradients across ranks), so where packing leaves ranks with different chunk counts,
+    the fullest chunks are halved until every rank has as many as the rank with the most.
+    """
+    if chunk_tokens is None:
+        return _padded_chunks(queries, chunk_size), _padded_chunks(docs, chunk_size)
+    q_len, d_len = queries.lengths(), docs.lengths()
+    plan = [(True, r) for r in token_budget_chunks(q_len, chunk_tokens)]
+    plan += [(False, r) for r in token_budget_chunks(d_len, chunk_tokens)]
+    target = max(dist.all_gather_object(len(plan)))
+    while len(plan) < target:  # ranks hold equally many sequences, so a chunk of 2+ is always there
+        tokens = [sum((q_len if is_q else d_len)[i] for i in r) if len(r) > 1 else -1 for is_q, r in plan]
+        j = tokens.index(max(tokens))
+        is_q, r = plan[j]
+        plan[j:j + 1] = [(is_q, r[:len(r) // 2]), (is_q, r[len(r) // 2:])]
+    return ([Chunk(queries.pack(r), torch.tensor(r)) for is_q, r in plan if is_q],
+            [Chunk(docs.pack(r), torch.tensor(r)) for is_q, r in plan if not is_q])
+
+
+def _padded_chunks(tokens: Tokens, size: int) -> list[Chunk]:
+    return [Chunk(tokens.slice(i, min(i + size, len(tokens))), torch.arange(i, min(i + size, len(tokens))))
+            for i in range(0, len(tokens), size)]
+
+
+def _in_batch_order(embs: list[torch.Tensor], chunks: list[Chunk]) -> torch.Tensor:
+    """Chunk embeddings [b_j, d] -> [n, d] with row i the embedding of sequence i."""
+    out = torch.cat(embs)
+    order = to_device(torch.cat([c.rows for c in chunks]), out.device)
+    return torch.empty_like(out).index_copy_(0, order, out)
+
+
+def _in_chunk_order(grad: torch.Tensor, chunks: list[Chunk]) -> list[torch.Tensor]:
+    """Gradient [n, d] in batch order -> one [b_j, d] block per chunk, rows as the chunk holds them."""
+    order = to_device(torch.cat([c.rows for c in chunks]), grad.device)
+    return list(grad.index_select(0, order).split([len(c.rows) for c in chunks]))
+
+
+def loss_and_grads(loss_fn: LossFn, q: torch.Tensor, d: torch.Tensor,
+                   gather: bool, block_logits: int = LOSS_BLOCK_LOGITS):
+    """(local loss, d loss/d q, d loss/d d), one block of query rows at a time.
+
+    The documents are gathered from all ranks once; each block's backward adds its share to the
+    gathered documents' gradient, and one backward through the gather (an all-reduce) returns
+    this rank's part.
+    """
+    d = d.detach().requires_grad_(True)
+    docs = dist.gather_with_grad(d) if gather else d
+    candidates = docs.detach().requires_grad_(True)
+    q = q.detach()
+    q_grad, losses = torch.empty_like(q), []
+    step = max(1, block_logits // max(1, len(candidates)))
+    for i in range(0, len(q), step):
+        rows = slice(i, i + step)
+        block = q[rows].detach().requires_grad_(True)
+        part = loss_fn(block, candidates, rows)
+        part.backward()
+        q_grad[rows] = block.grad
+        losses.append(part.detach())
+    docs.backward(candidates.grad)
+    return torch.stack(losses).sum(), q_grad, d.grad
 
 
 def plain_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn,
-                   gate: Gate = _always) -> torch.Tensor:
+                   gate: Gate = _always, gather: bool = False) -> torch.Tensor:
     """Forward the whole local batch with grad, then ``engine.backward``. Returns the local loss."""
     device = engine.device
     q = engine(**vars(queries.to(device)))
     d = engine(**vars(docs.to(device)))
-    loss = loss_fn(q, d)
+    loss = loss_fn(q, dist.gather_with_grad(d) if gather else d, slice(None))
     if gate(loss.detach()):
         engine.backward(loss)
     return loss.detach()
 
 
 def gradcache_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn, chunk_size: int,
-                       check_replay: bool = False, gate: Gate = _always) -> torch.Tensor:
+                       check_replay: bool = False, gate: Gate = _always, gather: bool = False,
+                       chunk_tokens: int | None = None) -> torch.Tensor:
     """The same gradients as ``plain_backward`` with one chunk's activations alive at a time."""
     device = engine.device
-    chunks = _chunks(queries, chunk_size) + _chunks(docs, chunk_size)
-    n_query_chunks = -(-len(queries) // chunk_size)
+    q_chunks, d_chunks = plan_chunks(queries, docs, chunk_size, chunk_tokens)
+    chunks = q_chunks + d_chunks
     states, cached = [], []
     with torch.no_grad():
         for c in chunks:
             states.append(RngState())
-            cached.append(engine(**vars(c.to(device))))
-    q = torch.cat(cached[:n_query_chunks]).requires_grad_(True)
-    d = torch.cat(cached[n_query_chunks:]).requires_grad_(True)
-    loss = loss_fn(q, d)
-    if not gate(loss.detach()):
-        return loss.detach()
-    loss.backward()
-    grads = list(q.grad.split(chunk_size)) + list(d.grad.split(chunk_size))
+            cached.append(engine(**vars(c.batch.to(device))))
+    q = _in_batch_order(cached[:len(q_chunks)], q_chunks)
+    d = _in_batch_order(cached[len(q_chunks):], d_chunks)
+    if not check_replay:
+        cached = None  # free the per-chunk copies
+    loss, q_grad, d_grad = loss_and_grads(loss_fn, q, d, gather)
+    del q, d
+    if not gate(loss):
+        return loss
+    grads = _in_chunk_order(q_grad, q_chunks) + _in_chunk_order(d_grad, d_chunks)
+    del q_grad, d_grad
     after = RngState()
     for j, (c, state, g) in enumerate(zip(chunks, states, grads)):
         engine.set_gradient_accumulation_boundary(j == len(chunks) - 1)
         state.restore()
-        emb = engine(**vars(c.to(device)))
+        emb = engine(**vars(c.batch.to(device)))
         if check_replay:
             torch.testing.assert_close(emb.detach(), cached[j], rtol=1e-5, atol=1e-6,
                                        msg=f"GradCache replay differs from the cache pass (chunk {j})")
         # d/dθ sum(emb * g) = g · d emb/dθ: the chain rule through the cached gradient
         engine.backward(torch.sum(emb * g))
     after.restore()
-    return loss.detach()
+    return loss

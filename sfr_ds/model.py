@@ -1,7 +1,17 @@
-"""Backbone + LoRA + pooling + L2 normalisation: texts' token ids in, unit embeddings out."""
+"""Backbone + LoRA + pooling + L2 normalisation: texts' token ids in, unit embeddings out.
+
+Two input layouts: padded ``Tokens`` ([B, L] with a mask), and ``Packed`` (the real tokens of many
+sequences back to back in one row, positions restarting per sequence). A backbone loaded with
+``packed=True`` computes attention only within each sequence through ``packed_attention``, which
+transformers dispatches to for every layer (the backbone must route attention through
+``ALL_ATTENTION_FUNCTIONS`` and pass its keyword arguments on; Mistral, Llama and BERT are tested, and
+one that does not fails loudly rather than mixing sequences).
+"""
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import logging
 
 import torch
@@ -9,10 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LoraConfig, ModelConfig
+from .data.collate import Segments
 from .zoo import resolve_model_path
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PACKED_ATTENTION = "sfr_packed"  # the name packed_attention is registered under in transformers
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -29,17 +41,158 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling {how!r}; expected last, mean or cls")
 
 
+def pool_packed(hidden: torch.Tensor, segments: Segments, how: str) -> torch.Tensor:
+    """hidden [T, H] of a packed row -> [n, H]: each sequence's last, mean or first token.
+
+    The mean sums over the padded grid, as ``pool`` does: no atomic adds, so a GradCache replay
+    reproduces the cache pass bit for bit on GPU too.
+    """
+    starts, ends = segments.cu_seqlens[:-1].long(), segments.cu_seqlens[1:].long()
+    if how == "last":
+        return hidden[ends - 1]
+    if how == "mean":
+        n, L, H = len(segments), segments.max_len, hidden.size(1)
+        grid = hidden.new_zeros(n * L, H).index_copy(0, segments.slots(), hidden).view(n, L, H)
+        return grid.sum(1) / (ends - starts).unsqueeze(1).to(hidden.dtype)
+    if how == "cls":
+        return hidden[starts]
+    raise ValueError(f"unknown pooling {how!r}; expected last, mean or cls")
+
+
 class Embedder(nn.Module):
-    """Wraps a transformers backbone (optionally a PEFT model) as a text -> unit-vector encoder."""
+    """Wraps a transformers backbone (optionally a PEFT model) as a text -> unit-vector encoder.
+
+    Called with ``input_ids`` and ``attention_mask`` (padded ``Tokens``) or with ``input_ids`` and
+    ``segments`` (``Packed``, on a backbone loaded with ``packed=True``); both give the same embeddings.
+    """
 
     def __init__(self, backbone: nn.Module, pooling: str, normalize: bool = True):
         super().__init__()
         self.backbone, self.pooling, self.normalize = backbone, pooling, normalize
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        emb = pool(hidden, attention_mask, self.pooling).float()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                segments: Segments | None = None) -> torch.Tensor:
+        if segments is None:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            emb = pool(hidden, attention_mask, self.pooling)
+        else:  # ``segments`` reaches packed_attention in every layer as a keyword argument
+            hidden = self.backbone(input_ids=input_ids, position_ids=segments.position_ids,
+                                   segments=segments).last_hidden_state
+            emb = pool_packed(hidden[0], segments, self.pooling)
+        emb = emb.float()
         return F.normalize(emb, dim=-1) if self.normalize else emb
+
+
+# ----------------------------------------------------------------------------- packed attention
+
+def packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, scaling: float | None = None,
+                     dropout: float = 0.0, sliding_window: int | None = None,
+                     segments: Segments | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers attention over a packed row: query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D].
+
+    Each token attends only within its own sequence (causally where ``module.is_causal``), which
+    is what the same sequence alone, or right-padded in a batch, would compute.
+    """
+    if segments is None:
+        raise ValueError(f"{type(module).__name__}: this backbone was loaded for packed inputs and needs "
+                         "'segments' in every attention call; feed it Packed batches (or load it with "
+                         "packed=False), and check that the architecture passes attention kwargs on")
+    if sliding_window is not None and segments.max_len > sliding_window:
+        raise NotImplementedError(f"a packed sequence of {segments.max_len} tokens is longer than the "
+                                  f"sliding window ({sliding_window}); switch gradcache.packing off")
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, D]
+    causal = getattr(module, "is_causal", True)
+    out = _varlen_attention(q, k, v, segments, causal, scaling, dropout)
+    return out.unsqueeze(0), None
+
+
+def _varlen_attention(q, k, v, segments: Segments, causal: bool, scale: float | None,
+                      dropout: float) -> torch.Tensor:
+    """[T, heads, D] -> [T, H, D]: flash-attn's varlen kernel, else PyTorch's, else sdpa on the unpacked chunk."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        cu, L = segments.cu_seqlens, segments.max_len
+        flash = _flash_attn_varlen()
+        if flash is not None:
+            return flash(q, k, v, cu, cu, L, L, dropout_p=dropout, softmax_scale=scale, causal=causal)
+        kwargs = _torch_varlen_kwargs(causal, scale, q.size(1) != k.size(1))
+        if kwargs is not None and not dropout:  # PyTorch's varlen kernel has no dropout
+            from torch.nn.attention.varlen import varlen_attn
+
+            return varlen_attn(q, k, v, cu, cu, L, L, **kwargs)
+    return _padded_attention(q, k, v, segments, causal, scale, dropout)
+
+
+def _padded_attention(q, k, v, segments: Segments, causal: bool, scale: float | None,
+                      dropout: float) -> torch.Tensor:
+    """sdpa over the chunk's sequences scattered into [n, L] and gathered back.
+
+    Only attention sees the padding (linear layers, most of the FLOPs, see real tokens alone), and
+    length-sorted chunks keep it small. Right padding means a causal mask already hides it from
+    every real token; a bidirectional encoder gets an explicit key mask. Measured on CPU this is
+    faster than a block-diagonal mask over the whole row or a loop over the sequences, and flex
+    attention has no CPU backward.
+    """
+    n, L, index = len(segments), segments.max_len, segments.slots()
+
+    def unpack(x: torch.Tensor) -> torch.Tensor:  # [T, h, D] -> [n, h, L, D]
+        grid = x.new_zeros(n * L, x.size(1), x.size(2)).index_copy(0, index, x)
+        return grid.view(n, L, x.size(1), x.size(2)).transpose(1, 2)
+
+    mask = None
+    if not causal:
+        lengths = (segments.cu_seqlens[1:] - segments.cu_seqlens[:-1]).unsqueeze(1)
+        mask = (torch.arange(L, device=q.device) < lengths)[:, None, None, :]
+    out = F.scaled_dot_product_attention(unpack(q), unpack(k), unpack(v), attn_mask=mask, dropout_p=dropout,
+                                         is_causal=causal, scale=scale, enable_gqa=q.size(1) != k.size(1))
+    return out.transpose(1, 2).reshape(n * L, q.size(1), q.size(2)).index_select(0, index)
+
+
+@functools.cache
+def _flash_attn_varlen():
+    """flash-attn's ``flash_attn_varlen_func`` where the package is installed, else None."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
+    from flash_attn import flash_attn_varlen_func
+
+    return flash_attn_varlen_func
+
+
+@functools.cache
+def _torch_varlen_params() -> frozenset:
+    """Parameter names of ``torch.nn.attention.varlen.varlen_attn`` (CUDA only; empty where missing)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return frozenset()
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _torch_varlen_kwargs(causal: bool, scale: float | None, gqa: bool) -> dict | None:
+    """Keyword arguments for PyTorch's ``varlen_attn``, or None where this torch lacks it or what the
+    call needs (its signature changed between releases: ``is_causal`` became ``window_size``)."""
+    params = _torch_varlen_params()
+    if "window_size" in params:
+        kwargs = {"window_size": (-1, 0) if causal else (-1, -1)}
+    elif "is_causal" in params:
+        kwargs = {"is_causal": causal}
+    else:
+        return None
+    if scale is not None:
+        if "scale" not in params:
+            return None
+        kwargs["scale"] = scale
+    if gqa:
+        if "enable_gqa" not in params:
+            return None
+        kwargs["enable_gqa"] = True
+    return kwargs
+
+
+def _register_packed_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
 
 
 def pick_attention(requested: str) -> str:
@@ -62,11 +215,18 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
-def load_backbone(cfg: ModelConfig) -> nn.Module:
-    """A transformers AutoModel (no LM head), from weights or built randomly from ``random_init``."""
+def load_backbone(cfg: ModelConfig, packed: bool = False) -> nn.Module:
+    """A transformers AutoModel (no LM head), from weights or built randomly from ``random_init``.
+
+    ``packed``: attention through ``packed_attention``, for ``Packed`` inputs only. Transformers
+    builds no mask for an attention it has no mask function for, so nothing of size T x T is made
+    and nothing is read back from the device (its own packed-sequence detection does both).
+    """
     from transformers import AutoConfig, AutoModel
 
-    attn = pick_attention(cfg.attn_implementation)
+    if packed:
+        _register_packed_attention()
+    attn = PACKED_ATTENTION if packed else pick_attention(cfg.attn_implementation)
     dtype = DTYPES[cfg.dtype]
     if cfg.random_init is not None:
         arch = dict(cfg.random_init)
@@ -96,8 +256,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def build_embedder(model_cfg: ModelConfig, lora_cfg: LoraConfig | None) -> Embedder:
-    backbone = load_backbone(model_cfg)
+def build_embedder(model_cfg: ModelConfig, lora_cfg: LoraConfig | None, packed: bool = False,
+                   save_base_to: str | None = None) -> Embedder:
+    """Backbone (+ LoRA) + pooling. ``save_base_to`` keeps the backbone's weights before LoRA wraps
+    its layers: a randomly initialised base exists nowhere else, and merge/eval need it."""
+    backbone = load_backbone(model_cfg, packed)
+    if save_base_to is not None:
+        backbone.save_pretrained(save_base_to)
     if lora_cfg is not None and lora_cfg.enabled:
         backbone = add_lora(backbone, lora_cfg)
     return Embedder(backbone, model_cfg.pooling, model_cfg.normalize)

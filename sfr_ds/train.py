@@ -23,6 +23,7 @@ from .data.batch import NegativeDrawer, TextBatch, allowed_mask, build_text_batc
 from .data.collate import Tokens, tokenize
 from .data.load import group_by_dataset, load_training_data
 from .data.sampler import BatchPlan
+from .encode import META, encode_meta
 from .gradcache import gradcache_backward, plain_backward
 from .loss import contrastive_loss
 from .metrics import MetricsLog
@@ -75,11 +76,29 @@ class StepGate:
 class StepInputs:
     queries: Tokens
     docs: Tokens
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+    gather: bool  # the loss scores every rank's documents (in-batch negatives)
 
     @property
     def n_tokens(self) -> int:
         return self.queries.n_tokens + self.docs.n_tokens
+
+
+def infonce(positive: torch.Tensor, allowed: torch.Tensor, temperature: float):
+    """loss_fn(q, docs, rows): queries ``rows``' share of this rank's mean InfoNCE over ``docs``.
+
+    ``allowed`` [n, N] stays on the host (pinned on CUDA) and travels one block of rows at a time, so
+    device memory does not grow with queries x documents.
+    """
+    if torch.cuda.is_available():
+        allowed = allowed.pin_memory()
+
+    def loss_fn(q: torch.Tensor, docs: torch.Tensor, rows: slice) -> torch.Tensor:
+        mask = allowed[rows].to(q.device, non_blocking=True)
+        share = len(positive[rows]) / len(positive)
+        return contrastive_loss(q, docs, positive[rows], mask, temperature) * share
+
+    return loss_fn
 
 
 def step_inputs(batch: TextBatch, rows: slice, tokenizer, cfg: TrainConfig, device) -> StepInputs:
@@ -93,13 +112,7 @@ def step_inputs(batch: TextBatch, rows: slice, tokenizer, cfg: TrainConfig, devi
     if not gather:
         allowed = allowed[:, offset:offset + len(docs)]
     positive = (torch.arange(rows.start, rows.stop) * group - offset).to(device)
-    allowed = allowed.to(device)
-
-    def loss_fn(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return contrastive_loss(q, dist.gather_with_grad(d) if gather else d, positive, allowed,
-                                cfg.loss.temperature)
-
-    return StepInputs(queries, docs, loss_fn)
+    return StepInputs(queries, docs, infonce(positive, allowed, cfg.loss.temperature), gather)
 
 
 def batch_arithmetic(cfg: TrainConfig, world: int) -> tuple[int, str]:
@@ -112,7 +125,9 @@ def batch_arithmetic(cfg: TrainConfig, world: int) -> tuple[int, str]:
     text = (f"global batch {G} queries = {n} per rank x {world} ranks; {1 + k} documents per query "
             f"(1 positive + {k} hard negatives) -> {n * (1 + k)} documents per rank, "
             f"{G * (1 + k)} candidates per in-batch query")
-    if cfg.gradcache.enabled:
+    if cfg.gradcache.enabled and cfg.gradcache.packing:
+        text += f"; GradCache: packed chunks of <= {cfg.gradcache.chunk_tokens} real tokens"
+    elif cfg.gradcache.enabled:
         text += f"; GradCache: {chunks} chunks of <= {cfg.gradcache.chunk_size} sequences per rank"
     return n, text
 
@@ -156,12 +171,8 @@ def save_final(engine, tokenizer, cfg: TrainConfig, run_dir: Path) -> Path:
         model.save_pretrained(str(out), state_dict={n.removeprefix("backbone."): v for n, v in state.items()}
                               if cfg.lora.enabled else None)
         tokenizer.save_pretrained(str(out))
-        meta = {"base_model": cfg.model.name_or_path, "random_init": cfg.model.random_init,
-                "base_model_dir": "../base_model" if cfg.model.random_init else None,
-                "pooling": cfg.model.pooling, "normalize": cfg.model.normalize,
-                "append_eos": append_eos(cfg.model), "query_max_len": cfg.data.query_max_len,
-                "doc_max_len": cfg.data.doc_max_len, "dtype": cfg.model.dtype, "lora": cfg.lora.enabled}
-        (out / "sfr_ds.json").write_text(json.dumps(meta, indent=2))
+        meta = encode_meta(cfg, base_dir="../base_model" if cfg.model.random_init else None)
+        (out / META).write_text(json.dumps(meta, indent=2))
     dist.barrier()
     return out
 
@@ -200,10 +211,9 @@ def train(cfg: TrainConfig, resume: bool = False,
     # ---- model and engine (same initial weights on every rank)
     torch.manual_seed(cfg.run.seed)
     tokenizer = load_tokenizer(cfg.model)
-    model = build_embedder(cfg.model, cfg.lora)
-    if cfg.model.random_init is not None and me.is_main:
-        # a random base exists nowhere else: keep it so the adapter can be merged and evaluated
-        model.backbone.get_base_model().save_pretrained(str(run_dir / "base_model"))
+    keep_base = cfg.model.random_init is not None and me.is_main
+    model = build_embedder(cfg.model, cfg.lora, packed=cfg.gradcache.packing,
+                           save_base_to=str(run_dir / "base_model") if keep_base else None)
     trainable, total = count_parameters(model)
     say(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.3f}%)")
     engine = ds.initialize(model, cfg, total_steps, per_rank)
@@ -225,9 +235,10 @@ def train(cfg: TrainConfig, resume: bool = False,
         lr = ds.current_lr(engine)
         if cfg.gradcache.enabled:
             gradcache_backward(engine, inputs.queries, inputs.docs, inputs.loss_fn,
-                               cfg.gradcache.chunk_size, cfg.gradcache.check_replay, gate)
+                               cfg.gradcache.chunk_size, cfg.gradcache.check_replay, gate, inputs.gather,
+                               cfg.gradcache.chunk_tokens if cfg.gradcache.packing else None)
         else:
-            plain_backward(engine, inputs.queries, inputs.docs, inputs.loss_fn, gate)
+            plain_backward(engine, inputs.queries, inputs.docs, inputs.loss_fn, gate, inputs.gather)
         row = {"step": step + 1, "loss": gate.loss / me.world, "lr": lr, "dataset": gb.dataset or "mixed",
                "grad_norm": None, "tokens": gate.tokens, "seconds": 0.0, "epoch": gb.epoch}
         if gate.nonfinite:

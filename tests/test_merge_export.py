@@ -195,6 +195,9 @@ def test_sentence_transformers_and_mteb_give_sfr_ds_embeddings(runs, merged):
     st = SentenceTransformer(str(merged), device="cpu")
     np.testing.assert_allclose(st.encode_query(QUERIES), want_q, atol=1e-5)
     np.testing.assert_allclose(st.encode_document(DOCS), want_d, atol=1e-5)
+    again = TextEncoder.from_run(merged, device="cpu")  # our own encode path over the merged folder
+    np.testing.assert_allclose(again.encode_queries(QUERIES, DEFAULT_INSTRUCTION), want_q, atol=1e-5)
+    np.testing.assert_allclose(again.encode_documents(DOCS), want_d, atol=1e-5)
 
     import mteb
     from datasets import Dataset

@@ -1,0 +1,302 @@
+"""Throughput, MFU and peak memory of the real training step: the padded baseline vs the packed fast path.
+
+A step is what ``sfr_ds.train`` runs per optimizer step on one rank: GradCache cache pass, InfoNCE
+over the gathered documents (``sfr_ds.train.infonce``, the step gate's collective included),
+chunked re-forward and backward through a DeepSpeed ZeRO-2 engine (``sfr_ds.engine``), optimizer
+step. The backbone is random, built from a config (nothing downloaded), with LoRA r=8 on every
+linear layer; each example is 1 query + 1 positive + ``--hard-negatives`` documents, with token
+lengths drawn from the bundled training data (``sfr_ds/resources/data``, queries with their
+instruction, <= 128 tokens, documents <= 256) as ``--tokenizer`` splits them, or fixed (``--lengths``).
+
+  baseline  as peers do it: runs of ``--chunk-size`` sequences padded to their longest, gradient
+            checkpointing on, the usual attention (flash-attn where installed, else sdpa)
+  fast      packed chunks of <= ``--chunk-tokens`` real tokens, longest first, varlen attention,
+            no gradient checkpointing (the cache pass stores nothing; one chunk's activations do)
+
+Tokens/s counts real tokens (no padding). A mode's time is its fastest timed step (the least
+disturbed, on a shared machine). MFU = tokens/s x 4N / (ranks x the matrix-multiply rate that this
+script measures on one device: bf16 on GPU, the training dtype on CPU), N = the backbone's linear
+weights (no embeddings). Peak memory: torch.cuda.max_memory_allocated on GPU, else the peak
+resident set size (VmHWM, reset before the timed steps). Each (batch, mode) runs in a fresh process.
+
+    python benchmarks/train_step.py --shape small --queries 16,64 --threads 1    # CPU, ~12 min
+    python benchmarks/train_step.py --shape mistral-7b --queries 256             # one H100
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MISTRAL_7B = dict(model_type="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                  max_position_embeddings=32768, rope_theta=10000.0, sliding_window=4096)
+SHAPES = {  # random_init, default --chunk-tokens, default --chunk-size
+    "tiny": (dict(model_type="mistral", vocab_size=2048, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=512), 2048, 32),
+    # Mistral's proportions (GQA 4:1, MLP 3.5x) at 1/16 of the width and 1/8 of the depth
+    "small": (dict(MISTRAL_7B, hidden_size=256, intermediate_size=896, num_hidden_layers=4,
+                   num_attention_heads=8, num_key_value_heads=2), 2048, 32),
+    # about 16 MB of saved activations per token (bf16, LoRA dropout on; measured at 1/8 width):
+    # 2,048 tokens ~ 32 GB next to 14.5 GB of weights on an 80 GB card
+    "mistral-7b": (MISTRAL_7B, 2048, 32),
+}
+DATA = ["scifact_train.jsonl", "stsb_train.jsonl", "banking77_train.jsonl"]
+QUERY_MAX, DOC_MAX = 128, 256
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def data_lengths(tokenizer_name: str) -> tuple[list[int], list[int]]:
+    """Token counts (EOS included, truncated like training) of the bundled queries and documents."""
+    from sfr_ds.config import ModelConfig
+    from sfr_ds.data.collate import format_query
+    from sfr_ds.data.load import load_records
+    from sfr_ds.model import load_tokenizer
+
+    records = [r for f in DATA for r in load_records(str(ROOT / "sfr_ds/resources/data" / f))]
+    tok = load_tokenizer(ModelConfig(name_or_path=tokenizer_name))
+
+    def count(texts: list[str], cap: int) -> list[int]:
+        return [min(len(ids) + 1, cap) for ids in tok(texts, add_special_tokens=True)["input_ids"]]
+
+    return (count([format_query(r.query, r.instruction) for r in records], QUERY_MAX),
+            count([t for r in records for t in r.pos + r.neg], DOC_MAX))
+
+
+def random_tokens(lengths, vocab: int, rng):
+    """Right-padded ``Tokens`` of random ids with the given lengths."""
+    import numpy as np
+    import torch
+
+    from sfr_ds.data.collate import Tokens
+
+    lengths = np.asarray(lengths)
+    width = int(lengths.max())
+    mask = torch.from_numpy(np.arange(width)[None, :] < lengths[:, None]).long()
+    ids = torch.from_numpy(rng.integers(4, vocab, size=(len(lengths), width))) * mask
+    return Tokens(ids, mask)
+
+
+def step_batch(args, n: int, rank: int, vocab: int):
+    """This rank's queries and documents: n queries, n * (1 + k) documents."""
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed + rank)
+    if args.lengths:
+        q_len, d_len = (int(x) for x in args.lengths.split(","))
+        q_lengths, d_lengths = [q_len] * n, [d_len] * (n * (1 + args.hard_negatives))
+    else:
+        q_pool, d_pool = data_lengths(args.tokenizer)
+        q_lengths = rng.choice(q_pool, n)
+        d_lengths = rng.choice(d_pool, n * (1 + args.hard_negatives))
+    return random_tokens(q_lengths, vocab, rng), random_tokens(d_lengths, vocab, rng)
+
+
+# ----------------------------------------------------------------------------- one mode, one process
+
+def peak_rss_reset() -> None:
+    """Linux: restart the peak-RSS count (VmHWM) from the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def linear_weights(model) -> int:
+    """N for MFU: the backbone's matrix-multiply weights (embeddings and LoRA left out)."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if p.dim() == 2 and "lora_" not in name and "embed" not in name)
+
+
+def build(args, mode: str, n: int, device):
+    """(engine, N, config) for ``mode``: the training code's own model and DeepSpeed setup."""
+    import torch
+
+    from sfr_ds import engine as ds
+    from sfr_ds.config import TrainConfig
+    from sfr_ds.model import build_embedder
+
+    cfg = TrainConfig()
+    cfg.model.random_init, cfg.model.dtype = SHAPES[args.shape][0], args.dtype
+    cfg.model.gradient_checkpointing = mode == "baseline"
+    cfg.gradcache.packing = mode == "fast"
+    cfg.deepspeed.config = str(ROOT / "ds_configs" / ("zero2_bf16.json" if args.dtype == "bf16" else "zero2.json"))
+    torch.manual_seed(0)
+    with torch.device(device):  # a 7B model is built where it runs: no slow host-side init
+        model = build_embedder(cfg.model, cfg.lora, packed=cfg.gradcache.packing)
+    return ds.initialize(model, cfg, total_steps=10 ** 6, per_rank_queries=n), linear_weights(model), cfg
+
+
+def run_mode(args, mode: str, queries: int) -> dict:
+    """Warm-up and timed steps of one mode; this rank's numbers, summed/maxed over ranks."""
+    import numpy as np
+    import torch
+
+    from sfr_ds import dist
+    from sfr_ds import engine as ds
+    from sfr_ds.gradcache import gradcache_backward, plan_chunks
+    from sfr_ds.train import StepGate, StopFlag, infonce
+
+    me = dist.setup()
+    n = queries // me.world
+    device = torch.device("cuda", me.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    engine, N, cfg = build(args, mode, n, device)
+    group = 1 + args.hard_negatives
+    queries_t, docs_t = step_batch(args, n, me.rank, SHAPES[args.shape][0]["vocab_size"])
+    positive = ((me.rank * n + torch.arange(n)) * group).to(device)
+    loss_fn = infonce(positive, torch.ones(n, queries * group, dtype=torch.bool), cfg.loss.temperature)
+    chunk_tokens = args.chunk_tokens if mode == "fast" else None
+    q_chunks, d_chunks = plan_chunks(queries_t, docs_t, args.chunk_size, chunk_tokens)
+    computed = sum(int(np.prod(c.batch.input_ids.shape)) for c in q_chunks + d_chunks)
+    real = queries_t.n_tokens + docs_t.n_tokens
+    stop = StopFlag()
+
+    if args.sync_debug and device.type == "cuda":  # warn at every host-device synchronisation
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def one_step(s: int) -> float:
+        t0 = time.perf_counter()
+        gate = StepGate(s, real, stop)
+        gradcache_backward(engine, queries_t, docs_t, loss_fn, args.chunk_size, gate=gate, gather=True,
+                           chunk_tokens=chunk_tokens)
+        ds.step(engine)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for s in range(args.warmup):
+        one_step(s)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    peak_rss_reset()
+    dist.barrier()
+    seconds = min(one_step(args.warmup + s) for s in range(args.steps))  # the least disturbed one
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
+    rows = dist.all_gather_object({"real": real, "computed": computed, "seconds": seconds, "peak": peak,
+                                   "chunks": len(q_chunks) + len(d_chunks)})
+    dist.cleanup()
+    return {"mode": mode, "queries": queries, "N": N, "chunks": rows[0]["chunks"],
+            "real_tokens": sum(r["real"] for r in rows), "computed_tokens": sum(r["computed"] for r in rows),
+            "seconds": max(r["seconds"] for r in rows), "peak_bytes": max(r["peak"] for r in rows)}
+
+
+# ----------------------------------------------------------------------------- driver
+
+def matmul_rate(dtype: str) -> tuple[float, str]:
+    """FLOP/s of a large square matrix product in ``dtype`` on this machine's device, and its name."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    size, reps = (8192, 10) if cuda else (2048, 3)
+    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = (torch.randn(size, size, dtype=kind, device="cuda" if cuda else "cpu") for _ in range(2))
+    for _ in range(2):
+        a @ b
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if cuda:
+        torch.cuda.synchronize()
+    rate = 2 * size ** 3 * reps / (time.perf_counter() - t0)
+    return rate, (torch.cuda.get_device_name() if cuda else cpu_name())
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def launch(args, mode: str, queries: int) -> dict:
+    """One (mode, batch) in a fresh process (torchrun for --world > 1): clean peak memory."""
+    me = [sys.executable, str(Path(__file__).resolve())] + sys.argv[1:] + ["--worker", f"{mode}:{queries}"]
+    if args.world > 1:
+        me = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.world}"] + me[1:]
+    out = subprocess.run(me, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise SystemExit(f"{mode} @ {queries} queries failed:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
+    if args.sync_debug:
+        print(f"--- {mode} @ {queries}: synchronisations\n" + "\n".join(
+            line for line in out.stderr.splitlines() if "synchroniz" in line.lower()))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(results: list[dict], rate: float, device: str, args) -> str:
+    base = {r["queries"]: r for r in results if r["mode"] == "baseline"}
+    smallest = {r["mode"]: r for r in sorted(results, key=lambda r: -r["queries"])}
+    lines = [f"device: {device}; matmul rate ({args.dtype}): {rate / 1e12:.3f} TFLOP/s; shape {args.shape} "
+             f"(N = {results[0]['N'] / 1e6:.1f}M linear weights), world {args.world}, "
+             f"{1 + args.hard_negatives} documents per query",
+             "| queries | mode | chunks/rank | real tokens | padded share | s/step | tokens/s | MFU | peak memory "
+             "| tokens/s vs baseline | peak vs smallest batch |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        tps = r["real_tokens"] / r["seconds"]
+        b = base.get(r["queries"])
+        speed = f"{tps / (b['real_tokens'] / b['seconds']):.2f}x" if b else "-"
+        growth = f"{r['peak_bytes'] / smallest[r['mode']]['peak_bytes']:.3f}x"
+        lines.append(f"| {r['queries']} | {r['mode']} | {r['chunks']} | {r['real_tokens']:,} "
+                     f"| {1 - r['real_tokens'] / r['computed_tokens']:.0%} | {r['seconds']:.2f} | {tps:,.0f} "
+                     f"| {tps * 4 * r['N'] / (rate * args.world):.1%} | {r['peak_bytes'] / 2 ** 30:.2f} GiB | {speed} | {growth} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", choices=list(SHAPES), default="small")
+    p.add_argument("--queries", default="16,64", help="global queries per step, comma-separated")
+    p.add_argument("--hard-negatives", type=int, default=7, help="documents per query = 1 + this (seed: 7)")
+    p.add_argument("--chunk-tokens", type=int, help="fast: real tokens per chunk (default: per shape)")
+    p.add_argument("--chunk-size", type=int, help="baseline: sequences per chunk (default: per shape)")
+    p.add_argument("--modes", default="baseline,fast")
+    p.add_argument("--world", type=int, default=1, help="ranks (torchrun); queries are split among them")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--tokenizer", default="builtin:tiny-tokenizer", help="splits the bundled data for lengths")
+    p.add_argument("--lengths", help="fixed 'QUERY,DOC' token lengths instead of the data's")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--sync-debug", action="store_true", help="GPU: list the step's host synchronisations")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    args.dtype = args.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _, default_tokens, default_size = SHAPES[args.shape]
+    args.chunk_tokens = args.chunk_tokens or default_tokens
+    args.chunk_size = args.chunk_size or default_size
+    if args.worker:
+        mode, queries = args.worker.split(":")
+        result = run_mode(args, mode, int(queries))
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(json.dumps(result), flush=True)
+        return
+    rate, device = matmul_rate(args.dtype)
+    results = [launch(args, mode, int(q)) for q in args.queries.split(",") for mode in args.modes.split(",")]
+    print(table(results, rate, device, args))
+
+
+if __name__ == "__main__":
+    main()
