@@ -1,0 +1,72 @@
+"""Embeddings cached per (model, task, split), keyed by the exact text the model read.
+
+A key is the hash of the max length and the formatted text (instruction included), so a cached
+row can never be served for a text read another way; a crashed or re-submitted task re-encodes
+only what is missing, and the length analysis reuses what ``sfr-ds eval`` encoded. Each encode
+call that computes anything appends one shard (``.npy`` + ``.keys``, renamed into place), so
+concurrent Slurm jobs never rewrite each other's files.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def text_key(text: str, max_len: int) -> str:
+    return hashlib.sha1(f"{max_len}\n{text}".encode()).hexdigest()
+
+
+class EmbeddingCache:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._rows: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def folder(self, task: str, split: str) -> Path:
+        return self.root / _safe(task) / _safe(split)
+
+    def rows(self, task: str, split: str) -> dict[str, np.ndarray]:
+        """key -> embedding for everything cached under (task, split); read once per process."""
+        if (task, split) not in self._rows:
+            rows: dict[str, np.ndarray] = {}
+            folder = self.folder(task, split)
+            for keys_file in sorted(folder.glob("*.keys")) if folder.exists() else []:
+                emb = np.load(keys_file.with_suffix(".npy"))
+                rows.update(zip(keys_file.read_text().split(), emb))
+            self._rows[(task, split)] = rows
+        return self._rows[(task, split)]
+
+    def _write(self, task: str, split: str, keys: list[str], emb: np.ndarray) -> None:
+        folder = self.folder(task, split)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / uuid.uuid4().hex
+        tmp = folder / f".{stem.name}.tmp"
+        with open(tmp, "wb") as f:  # np.save on a path would append ".npy" to the temp name
+            np.save(f, emb)
+        os.replace(tmp, stem.with_suffix(".npy"))
+        tmp.write_text("\n".join(keys))
+        os.replace(tmp, stem.with_suffix(".keys"))  # last: a shard counts once its keys exist
+
+    def get_or_encode(self, task: str, split: str, texts: list[str], max_len: int,
+                      encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """Embeddings of ``texts`` (already formatted) in order; ``encode`` sees only new texts."""
+        rows = self.rows(task, split)
+        keys = [text_key(t, max_len) for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in rows))
+        if missing:
+            text_of = dict(zip(keys, texts))
+            emb = np.asarray(encode([text_of[k] for k in missing]), dtype=np.float32)
+            self._write(task, split, missing, emb)
+            rows.update(zip(missing, emb))
+        if not keys:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([rows[k] for k in keys])

@@ -1,0 +1,168 @@
+"""Which model to evaluate and how it reads texts: a run, its adapter, a merged folder or any HF model.
+
+Nothing here imports torch until ``load_model``: a login node only needs ``ModelSpec``,
+``fingerprint`` and ``label`` to write a manifest and submit.
+
+Instruction policy (``ModelSpec.instructions``; ``None`` means the model kind's default):
+
+- sfr-ds runs and adapters, and HF decoders (last-token pooling, the e5-mistral family): queries get
+  ``Instruct: {task instruction}\\nQuery: ``, documents none, symmetric tasks the instruction on
+  every text, as e5-mistral and SFR-Embedding-Mistral were evaluated.
+- HF encoders (BERT-like, e.g. all-MiniLM-L6-v2): no instruction anywhere; their published scores
+  use none. Pooling comes from the sentence-transformers config when the folder has one, else mean.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+META = "sfr_ds.json"  # what training writes next to an adapter (sfr_ds.encode.META)
+DEFAULT_MAX_LEN = 512  # e5-mistral's evaluation length, for queries and documents alike
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str  # run dir, adapter dir, merged/HF folder, hub name or builtin:NAME
+    pooling: str | None = None
+    instructions: bool | None = None
+    query_max_len: int | None = None
+    doc_max_len: int | None = None
+    dtype: str | None = None  # None: bf16 on GPU, fp32 on CPU
+    batch_size: int = 32
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the embeddings: everything but the batch size."""
+        return {k: v for k, v in self.to_json().items() if k != "batch_size"}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(**data)
+
+    def normalized(self) -> "ModelSpec":
+        """Local paths made absolute, so a Slurm job started elsewhere finds the same model."""
+        path = Path(self.source).expanduser()
+        if path.exists():
+            return dataclasses.replace(self, source=str(path.resolve()))
+        return self
+
+
+def kind(source: str) -> str:
+    """'run' (run dir or its adapter folder, loaded base + adapter) or 'hf' (anything else)."""
+    path = Path(source)
+    if (path / "final" / META).exists():
+        return "run"
+    if (path / META).exists() and (path / "adapter_config.json").exists():
+        return "run"
+    return "hf"
+
+
+def label(spec: ModelSpec) -> str:
+    """A short human name: the run directory's name, or the model name's last part."""
+    path = Path(spec.source)
+    if path.name == "final" and kind(spec.source) == "run":
+        path = path.parent
+    return path.name.replace("builtin:", "") or spec.source
+
+
+def _weight_files(spec: ModelSpec) -> list[Path]:
+    path = Path(spec.source)
+    if not path.is_dir():
+        return []
+    roots = [path / "final" if (path / "final" / META).exists() else path]
+    meta_file = roots[0] / META
+    if meta_file.exists() and (base := json.loads(meta_file.read_text()).get("base_model_dir")):
+        roots.append((roots[0] / base).resolve())
+    skip = {"checkpoints", "eval", "tensorboard"}
+    return sorted(f for root in roots for f in root.rglob("*")
+                  if f.is_file() and not skip.intersection(f.relative_to(root).parts))
+
+
+def fingerprint(spec: ModelSpec) -> str:
+    """Hash of the spec and of its files' sizes and times: a retrained run gets new results."""
+    h = hashlib.sha256(json.dumps(spec.identity(), sort_keys=True).encode())
+    for f in _weight_files(spec):
+        st = f.stat()
+        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class LoadedModel:
+    """A ``TextEncoder`` plus the resolved policy, so callers never re-derive defaults."""
+
+    encoder: Any  # sfr_ds.encode.TextEncoder
+    instructions: bool
+    settings: dict[str, Any]
+
+
+def _st_config(path: Path) -> tuple[str | None, int | None]:
+    """(pooling, max_seq_length) from a sentence-transformers folder, else (None, None)."""
+    pooling_cfg, st_cfg = path / "1_Pooling" / "config.json", path / "sentence_bert_config.json"
+    pooling = max_len = None
+    if pooling_cfg.exists():
+        cfg = json.loads(pooling_cfg.read_text())
+        modes = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                 "pooling_mode_lasttoken": "last"}
+        pooling = next((name for key, name in modes.items() if cfg.get(key)), None)
+    if st_cfg.exists():
+        max_len = json.loads(st_cfg.read_text()).get("max_seq_length")
+    return pooling, max_len
+
+
+def _is_encoder(path: str) -> bool:
+    """BERT-like (has a masked-LM head type) rather than a decoder."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return AutoConfig.from_pretrained(path).model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _max_positions(encoder) -> int:
+    config = getattr(encoder.embedder.backbone, "config", None)
+    return int(getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_LEN)
+
+
+def load_model(spec: ModelSpec, device: str | None = None) -> LoadedModel:
+    """Load the model the way it was trained (runs) or its kind's defaults (HF models)."""
+    import torch
+
+    from ..config import ModelConfig
+    from ..encode import TextEncoder
+    from ..zoo import resolve_model_path
+
+    dtype = spec.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
+    if kind(spec.source) == "run":
+        encoder = TextEncoder.from_run(spec.source, batch_size=spec.batch_size, device=device, dtype=dtype)
+        instructions, st_max = True, None
+        if spec.pooling and spec.pooling != encoder.embedder.pooling:
+            raise ValueError(f"{spec.source} was trained with {encoder.embedder.pooling} pooling; "
+                             f"--pooling {spec.pooling} would not evaluate the trained model")
+    else:
+        path = resolve_model_path(spec.source)
+        meta_file = Path(path) / META  # a folder merged by sfr-ds keeps its pooling
+        own = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        st_pooling, st_max = _st_config(Path(path))
+        encoder_like = _is_encoder(path)
+        pooling = spec.pooling or own.get("pooling") or st_pooling or ("mean" if encoder_like else "last")
+        instructions = not encoder_like
+        cfg = ModelConfig(name_or_path=spec.source, pooling=pooling, dtype=dtype,
+                          normalize=own.get("normalize", True), append_eos=own.get("append_eos"))
+        encoder = TextEncoder.from_model_config(cfg, batch_size=spec.batch_size, device=device)
+    limit = _max_positions(encoder)
+    encoder.settings.query_max_len = min(spec.query_max_len or st_max or DEFAULT_MAX_LEN, limit)
+    encoder.settings.doc_max_len = min(spec.doc_max_len or st_max or DEFAULT_MAX_LEN, limit)
+    if spec.instructions is not None:
+        instructions = spec.instructions
+    settings = {"kind": kind(spec.source), "pooling": encoder.embedder.pooling, "dtype": dtype,
+                "instructions": instructions, "device": str(encoder.device),
+                "append_eos": encoder.settings.append_eos,
+                "query_max_len": encoder.settings.query_max_len,
+                "doc_max_len": encoder.settings.doc_max_len}
+    return LoadedModel(encoder, instructions, settings)

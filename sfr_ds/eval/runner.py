@@ -1,0 +1,205 @@
+"""One evaluation folder: its manifest, running its tasks, and what each task's state is.
+
+``OUT/eval.json`` (the manifest) names the model and the tasks; mteb writes each task's scores
+to ``OUT/results/<model>/<revision>/<Task>.json`` in its own format; ``OUT/status/<Task>.json``
+says whether a task is submitted, running, done or failed (with the error). A local run and a
+Slurm array element run the same ``run_tasks``, so the two paths cannot drift apart. Only
+``run_tasks`` imports torch or mteb: reading a folder's state stays light for a login node.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models import ModelSpec, fingerprint, label
+from .tasks import TaskEntry
+
+MANIFEST = "eval.json"
+
+
+def default_cache_dir() -> Path:
+    from ..zoo import cache_dir
+
+    return cache_dir() / "eval-embeddings"
+
+
+def embedding_cache(spec: ModelSpec, cache_dir: str | None = None):
+    """The model's embedding cache: ``CACHE_DIR/<label>-<fingerprint>``; ``spec`` normalized."""
+    from .cache import EmbeddingCache
+
+    return EmbeddingCache(Path(cache_dir or default_cache_dir()) / f"{label(spec)}-{fingerprint(spec)}")
+
+
+@dataclass
+class Manifest:
+    model: ModelSpec
+    label: str
+    revision: str
+    tasks: list[TaskEntry]
+    cache_dir: str
+    elements: list[list[int]] = field(default_factory=list)  # Slurm array element -> task indices
+
+    @property
+    def mteb_name(self) -> str:
+        return f"sfr-ds/{self.label}"
+
+    def result_path(self, out: Path, task: str) -> Path:
+        """Where mteb's ResultCache(out) writes the task's scores."""
+        return out / "results" / self.mteb_name.replace("/", "__") / self.revision / f"{task}.json"
+
+    def index(self, name: str) -> int:
+        names = [t.name for t in self.tasks]
+        if name not in names:
+            raise KeyError(f"no task {name!r} in this evaluation; tasks: {', '.join(names)}")
+        return names.index(name)
+
+    def save(self, out: Path) -> None:
+        data = {"model": self.model.to_json(), "label": self.label, "revision": self.revision,
+                "cache_dir": self.cache_dir, "tasks": [t.to_json() for t in self.tasks],
+                "elements": self.elements}
+        _write_json(out / MANIFEST, data)
+
+    @classmethod
+    def load(cls, out: Path) -> "Manifest":
+        path = out / MANIFEST
+        if not path.exists():
+            raise FileNotFoundError(f"{out} is not an sfr-ds evaluation folder (no {MANIFEST})")
+        data = json.loads(path.read_text())
+        return cls(ModelSpec.from_json(data["model"]), data["label"], data["revision"],
+                   [TaskEntry(**t) for t in data["tasks"]], data["cache_dir"], data["elements"])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic: a concurrent reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def prepare(out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str | None = None) -> Manifest:
+    """Create or extend the folder's manifest; the folder belongs to one model."""
+    spec = spec.normalized()
+    names = [e.name for e in entries]
+    if dups := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"two specs name the same task {dups}; give one a different ?name=")
+    manifest = Manifest(spec, label(spec), fingerprint(spec), [],
+                        str(Path(cache_dir or default_cache_dir()).resolve()))
+    if (out / MANIFEST).exists():
+        old = Manifest.load(out)
+        if old.model.identity() != spec.identity():
+            raise ValueError(f"{out} holds an evaluation of {old.model.source} with other settings "
+                             f"({old.model}); choose another --output-dir")
+        manifest.tasks, manifest.elements = old.tasks, old.elements
+    known = {t.name: i for i, t in enumerate(manifest.tasks)}
+    for entry in entries:
+        if entry.name in known:
+            manifest.tasks[known[entry.name]] = entry
+        else:
+            manifest.tasks.append(entry)
+    manifest.save(out)
+    return manifest
+
+
+# ----------------------------------------------------------------------------- task state
+
+def write_status(out: Path, task: str, state: str, **extra: Any) -> None:
+    _write_json(out / "status" / f"{task}.json",
+                {"state": state, "time": time.time(), "host": socket.gethostname(),
+                 "pid": os.getpid(), **extra})
+
+
+def read_status(out: Path, task: str) -> dict[str, Any] | None:
+    path = out / "status" / f"{task}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main_score(result_file: Path) -> float:
+    """mteb's main score, averaged over the result's splits and subsets."""
+    scores = json.loads(result_file.read_text())["scores"]
+    values = [s["main_score"] for per_split in scores.values() for s in per_split]
+    return sum(values) / len(values)
+
+
+def is_done(out: Path, manifest: Manifest, task: str) -> bool:
+    """Scores written and no run of it in flight (mteb saves partial results between subsets)."""
+    status = read_status(out, task)
+    return manifest.result_path(out, task).exists() and (status is None or status["state"] == "done")
+
+
+# ----------------------------------------------------------------------------- running
+
+def run_tasks(out: Path, indices: list[int] | None = None, job: str | None = None,
+              progress: bool = True) -> list[str]:
+    """Evaluate the manifest's tasks (all, or ``indices``); finished tasks are skipped without
+    loading the model. Returns the names of the tasks that failed; each failure is recorded."""
+    manifest = Manifest.load(out)
+    entries = [manifest.tasks[i] for i in (range(len(manifest.tasks)) if indices is None else indices)]
+    todo = []
+    for entry in entries:
+        if is_done(out, manifest, entry.name):
+            print(f"[sfr-ds eval] {entry.name}: done already, skipped", flush=True)
+        else:
+            todo.append(entry)
+    if not todo:
+        return []
+    for entry in todo:
+        write_status(out, entry.name, "running", job=job)
+    try:
+        if fingerprint(manifest.model) != manifest.revision:
+            raise RuntimeError(f"{manifest.model.source} changed since {out / MANIFEST} was written; "
+                               "run `sfr-ds eval` again to evaluate the new weights")
+        encoder = _encoder(manifest, out, progress)
+    except Exception as e:  # recorded for every task, so status names the cause
+        for entry in todo:
+            _failed(out, entry.name, job, e)
+        return [entry.name for entry in todo]
+    import datasets
+    import mteb
+
+    if not progress:  # Slurm logs: no bars from datasets' maps or mteb's loops either
+        datasets.disable_progress_bars()
+    failed = []
+    for entry in todo:
+        start = time.time()
+        try:
+            mteb.evaluate(encoder, [_task(entry)], cache=mteb.ResultCache(out), co2_tracker=False,
+                          overwrite_strategy="only-missing", show_progress_bar=False,
+                          encode_kwargs={"batch_size": manifest.model.batch_size,
+                                         "show_progress_bar": progress})
+            score = main_score(manifest.result_path(out, entry.name))
+            write_status(out, entry.name, "done", job=job, score=score, seconds=time.time() - start)
+            print(f"[sfr-ds eval] {entry.name}: {score:.4f} ({time.time() - start:.0f} s)", flush=True)
+        except Exception as e:  # one broken task must not stop the others
+            _failed(out, entry.name, job, e)
+            failed.append(entry.name)
+    return failed
+
+
+def _failed(out: Path, task: str, job: str | None, error: Exception) -> None:
+    write_status(out, task, "failed", job=job, error=f"{type(error).__name__}: {error}",
+                 traceback=traceback.format_exc())
+    print(f"[sfr-ds eval] {task}: FAILED: {type(error).__name__}: {error}", flush=True)
+    traceback.print_exc()
+
+
+def _task(entry: TaskEntry):
+    from .tasks import build_task
+
+    return build_task(entry.spec)
+
+
+def _encoder(manifest: Manifest, out: Path, progress: bool):
+    from .encoder import MtebEncoder
+    from .models import load_model
+
+    model = load_model(manifest.model)
+    _write_json(out / "model_settings.json", {"source": manifest.model.source, **model.settings})
+    cache = embedding_cache(manifest.model, manifest.cache_dir)
+    return MtebEncoder(model, manifest.mteb_name, manifest.revision, cache, progress)
