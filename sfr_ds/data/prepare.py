@@ -9,14 +9,13 @@ file and 1-based line, as ``records.read_jsonl`` does.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sfr_ds.data.records import OWN_NEGATIVE_TASKS, Record, RecordError, check_record
+from sfr_ds.data.records import OWN_NEGATIVE_TASKS, Record, RecordError, check_record, iter_jsonl
 
 # Task instructions in the e5-mistral style (one sentence, no trailing "Query:"); keys are
 # lower-case dataset names. Symmetric tasks (STS) use one generic instruction for both sides.
@@ -123,25 +122,16 @@ def _read_beir_jsonl(path: Path, fields: tuple[str, ...]) -> Iterator[dict]:
     ``_id`` is required (a number is read as its string); the other ``fields`` may be absent
     (BEIR omits empty titles) but must be strings when present.
     """
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(
-                    f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise RecordError(f"{where}: expected a JSON object")
-            if not isinstance(obj.get("_id"), (str, int)) or isinstance(obj["_id"], bool):
-                raise RecordError(f"{where}: field '_id' is missing or not a string")
-            obj["_id"] = str(obj["_id"])  # some dumps write numeric ids; qrels hold strings
-            for name in fields:
-                if not isinstance(obj.get(name, ""), str):
-                    raise RecordError(f"{where}: field '{name}' is not a string")
-            yield obj
+    for where, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise RecordError(f"{where}: expected a JSON object")
+        if not isinstance(obj.get("_id"), (str, int)) or isinstance(obj["_id"], bool):
+            raise RecordError(f"{where}: field '_id' is missing or not a string")
+        obj["_id"] = str(obj["_id"])  # some dumps write numeric ids; qrels hold strings
+        for name in fields:
+            if not isinstance(obj.get(name, ""), str):
+                raise RecordError(f"{where}: field '{name}' is not a string")
+        yield obj
 
 
 def doc_text(title: str, text: str) -> str:

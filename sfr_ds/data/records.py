@@ -92,20 +92,23 @@ def check_record(obj, where: str) -> Record:
                   obj["dataset"], obj["instruction"], extra)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Record]:
-    """Read and validate a JSONL training file. Blank lines are allowed and skipped."""
+def iter_jsonl(path: str | os.PathLike):
+    """Yield (``file:line``, decoded value) per non-blank line; a bad line raises naming it."""
     path = os.fspath(path)
-    records = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as e:
                 raise RecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            records.append(check_record(obj, where))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Record]:
+    """Read and validate a JSONL training file. Blank lines are allowed and skipped."""
+    records = [check_record(obj, where) for where, obj in iter_jsonl(path)]
     if not records:
         raise RecordError(f"{path}: holds no records")
     return records
