@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -134,6 +135,16 @@ class ConfigError(ValueError):
 
 # ----------------------------------------------------------------------------- parsing
 
+# PyYAML follows YAML 1.1, where a float needs a dot: it reads ``lr: 1e-3`` as the string '1e-3'.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_float(value, tp):
+    """'1e-3' as a float where the field takes floats; anything else unchanged."""
+    takes_float = tp is float or float in typing.get_args(tp)
+    return float(value) if takes_float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value) else value
+
+
 def _type_ok(value, tp) -> bool:
     origin = typing.get_origin(tp)
     if tp is typing.Any:
@@ -172,6 +183,7 @@ def build_dataclass(cls, data: dict, prefix: str, problems: list[str]):
             problems.append(f"unknown field '{dotted}'{hint}")
             continue
         tp = hints[key]
+        value = _yaml_float(value, tp)
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 problems.append(f"'{dotted}' must be a mapping of its fields, got {value!r}")

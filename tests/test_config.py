@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import ROOT, TINY, proc_env
 from sfr_ds.config import ConfigError, load_config
@@ -68,3 +69,15 @@ def test_cli_prints_all_problems():
                         "data.hard_negatives=x"], capture_output=True, text=True, env=proc_env(), cwd=ROOT)
     assert p.returncode != 0
     assert "model.pooling" in p.stderr and "data.hard_negatives" in p.stderr
+
+
+def test_exponent_floats_without_a_dot_are_floats():
+    """YAML 1.1 reads 1e-3 as a string; float fields take it as the number it spells."""
+    from sfr_ds.config import LossConfig, build_dataclass
+
+    problems: list[str] = []
+    assert build_dataclass(LossConfig, yaml.safe_load("temperature: 2e-2"), "loss.", problems).temperature == 0.02
+    cfg = load_config(TINY, ["optim.lr=1E-3", "optim.eps=-1e-8"])
+    assert (cfg.optim.lr, cfg.optim.eps, problems) == (1e-3, -1e-8, [])
+    with pytest.raises(ConfigError, match="'optim.lr' must be float, got '1e-3x'"):
+        load_config(TINY, ["optim.lr=1e-3x"])

@@ -4,6 +4,10 @@ The ``dev`` suite is the seed's dev report on data that runs offline: one local 
 none of them used by the bundled training data. Its groups are reported as Clustering_dev,
 Reranking_dev, Retrieval_dev and STS_dev, and AVG is the mean of the four group scores (as the
 seed's AVG is). A group's score is the mean of its tasks' main scores, times 100.
+
+The ``mini`` suite is the same report on the small held-out subsets bundled with the package
+(``sfr_ds/resources/data/eval``, see its PROVENANCE.md): no data root needed, minutes on a CPU; the
+demo and the ablations use it. ``demo`` adds Banking77 classification to it.
 """
 from __future__ import annotations
 
@@ -21,7 +25,14 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "Retrieval_dev": ["retrieval:{data}/scifact"],
         "STS_dev": ["sts:{data}/stsbenchmark/sts-dev.csv?split=dev"],
     },
+    "mini": {
+        "Clustering_dev": ["clustering:{bundled}/banking77/clustering.csv?name=Banking77Clustering-mini"],
+        "Reranking_dev": ["reranking:{bundled}/pubmedqa/rerank.jsonl?name=PubMedQA-mini"],
+        "Retrieval_dev": ["retrieval:{bundled}/scifact?name=SciFact-mini"],
+        "STS_dev": ["sts:{bundled}/stsbenchmark/sts-test.csv?name=STSBenchmark-mini"],
+    },
 }
+BUNDLED = Path(__file__).resolve().parents[1] / "resources" / "data" / "eval"
 AVG = "AVG"
 
 
@@ -29,6 +40,9 @@ def suite_specs(name: str, data_root: str | None) -> list[tuple[str, str]]:
     """(group, task spec) pairs of a named suite, its paths under ``data_root`` (or $SFR_DS_DATA)."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; known: {sorted(SUITES)}")
+    if not any("{data}" in spec for specs in SUITES[name].values() for spec in specs):
+        return [(group, spec.format(bundled=BUNDLED)) for group, specs in SUITES[name].items()
+                for spec in specs]
     root = data_root or os.environ.get("SFR_DS_DATA")
     if not root:
         raise ValueError(f"suite {name!r} reads local data: pass --data-root DIR or set SFR_DS_DATA")

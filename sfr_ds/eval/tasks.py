@@ -259,7 +259,12 @@ class _LocalData:
         if self.data_loaded:
             return
         self.dataset = LOADERS[self.local.kind](self.local)
-        if self.local.kind == "clustering":  # bootstrap over the whole set, all of it embedded
+        if self.local.kind == "clustering":
+            # Embed every text and bootstrap over all of them. mteb's default embeds 4% of the
+            # split: 12 of 300 texts, whose resamples of 300 (duplicates cluster together) gave
+            # an untrained model a V-measure of 0.90.
+            self.max_fraction_of_documents_to_embed = None
+            self.max_document_to_embed = None
             self.max_documents_per_cluster = len(self.dataset[self.local.split])
         self.data_loaded = True
 

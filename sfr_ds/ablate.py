@@ -1,0 +1,187 @@
+"""``sfr-ds ablate``: the seed's ablation tables, one run directory per row, from one YAML.
+
+A study is a table: its rows change the baseline in one way each (mining teacher, rank window,
+negatives mined, training overrides). Every distinct row is mined, trained and evaluated once and
+shared between studies (the baseline appears in every table, as in the seed). Mined files are
+shared by every row with the same (teacher, window, k). The teacher ``self`` is the baseline
+row's trained model: the seed's "the model itself" after round 1.
+
+Layout under ``output_dir``::
+
+    data/train.jsonl             the training records (``train_input``, else the bundled subsets as
+                                 the demo prepares them)
+    mined/TEACHER_LO-HI_kK.jsonl  one file per mining setting
+    rows/SLUG/{train,eval}       one run directory and its evaluation per row
+    STUDY.md, ablations.md       the tables in the seed's layout (groups and AVG as rows)
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import PROJECT_ROOT, ConfigError, build_dataclass, resolve_path
+from .demo import Stage, _cli, eval_done, prepare, run_stages
+
+
+@dataclass
+class Variant:
+    """What a row changes; unset fields keep the baseline's."""
+    teacher: str | None = None  # bm25 | builtin:minilm | model path | self
+    window: list | None = None  # [lo, hi)
+    k: int | None = None  # negatives mined per query
+    train: dict = field(default_factory=dict)  # training overrides, dotted keys
+
+
+@dataclass
+class Study:
+    title: str = ""
+    rows: dict = field(default_factory=dict)  # column name -> Variant fields
+
+
+@dataclass
+class AblateConfig:
+    output_dir: str = "runs/ablate"
+    train_config: str = "configs/ablate_cpu.yaml"
+    train_input: str = ""  # training records to mine for; empty: the bundled subsets
+    records_per_dataset: int = 128  # with the bundled subsets
+    baseline: Variant = field(default_factory=lambda: Variant("builtin:minilm", [30, 100], 7))
+    eval_args: list = field(default_factory=lambda: ["--suite", "mini"])
+    nproc: int = 2
+    studies: dict = field(default_factory=dict)  # name -> Study fields
+
+
+@dataclass(frozen=True)
+class Row:
+    teacher: str
+    window: tuple[int, int]
+    k: int
+    train: tuple[tuple[str, str], ...]
+
+    def slug(self, baseline: "Row") -> str:
+        parts = []
+        if self.teacher != baseline.teacher:
+            parts.append("teacher-" + self.teacher.split(":")[-1])
+        if self.window != baseline.window:
+            parts.append(f"window-{self.window[0]}-{self.window[1]}")
+        if self.k != baseline.k:
+            parts.append(f"k-{self.k}")
+        parts += [f"{key}-{value}" for key, value in self.train if (key, value) not in baseline.train]
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(parts)) or "baseline"
+
+    def mined_name(self) -> str:
+        return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', self.teacher.split(':')[-1])}_{self.window[0]}-{self.window[1]}_k{self.k}.jsonl"
+
+
+def load_ablate_config(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[AblateConfig, dict[str, Study]]:
+    """The config and its studies (each row a ``Variant``); every problem reported at once."""
+    from .config import apply_overrides
+
+    data = apply_overrides(yaml.safe_load(Path(path).read_text()) or {}, list(overrides or []))
+    problems: list[str] = []
+    cfg = build_dataclass(AblateConfig, data, "", problems)
+    studies: dict[str, Study] = {}
+    for name, spec in (cfg.studies or {}).items():
+        study = build_dataclass(Study, spec if isinstance(spec, dict) else {}, f"studies.{name}.", problems)
+        study.rows = {str(col): build_dataclass(Variant, variant or {}, f"studies.{name}.rows.{col}.", problems)
+                      for col, variant in (study.rows or {}).items()}
+        if not study.rows:
+            problems.append(f"studies.{name}: no rows")
+        studies[name] = study
+    if not studies:
+        problems.append("'studies' is empty")
+    for where, v in [("baseline", cfg.baseline)] + [(f"studies.{n}.rows.{c}", v) for n, s in studies.items()
+                                                     for c, v in s.rows.items()]:
+        if v.window is not None and not (len(v.window) == 2 and 0 <= v.window[0] < v.window[1]):
+            problems.append(f"'{where}.window' must be [lo, hi) with 0 <= lo < hi, got {v.window}")
+    if not (cfg.baseline.teacher and cfg.baseline.window and cfg.baseline.k):
+        problems.append("'baseline' needs teacher, window and k")
+    if cfg.baseline.teacher == "self":
+        problems.append("'baseline.teacher' cannot be self (self is the baseline's own model)")
+    if problems:
+        raise ConfigError(problems)
+    bases = [Path(path).resolve().parent, PROJECT_ROOT]
+    cfg.train_config = resolve_path(cfg.train_config, bases)
+    if cfg.train_input:
+        cfg.train_input = resolve_path(cfg.train_input, bases)
+        if not os.path.exists(cfg.train_input):
+            raise ConfigError([f"'train_input': file not found: {cfg.train_input}"])
+    cfg.output_dir = str(Path(cfg.output_dir).resolve())
+    return cfg, studies
+
+
+def resolve(cfg: AblateConfig, v: Variant) -> Row:
+    base = cfg.baseline
+    train = {**base.train, **v.train}
+    return Row(v.teacher or base.teacher, tuple(v.window or base.window), v.k or base.k,
+               tuple(sorted((str(k), _yaml_value(val)) for k, val in train.items())))
+
+
+def _yaml_value(value) -> str:
+    """An override's value as ``key=value`` text that YAML reads back the same."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dict[str, dict[str, Path]]]:
+    """Stages for every distinct row (baseline first: ``self`` needs it), and each study's
+    column -> evaluation folder."""
+    out = Path(cfg.output_dir)
+    baseline = resolve(cfg, Variant())
+    rows = {baseline: None}
+    for study in studies.values():
+        for v in study.rows.values():
+            rows.setdefault(resolve(cfg, v), None)
+    data = Path(cfg.train_input) if cfg.train_input else out / "data" / "train.jsonl"
+    stages = [] if cfg.train_input else [Stage("prepare the bundled training data", data, data.exists,
+                                               call=lambda: prepare(data, cfg.records_per_dataset, 0))]
+    mined_done: set[str] = set()
+    for row in rows:
+        d = out / "rows" / row.slug(baseline)
+        mined = out / "mined" / row.mined_name()
+        teacher = f"self:{out / 'rows' / 'baseline' / 'train'}" if row.teacher == "self" else row.teacher
+        if mined.name not in mined_done:
+            mined_done.add(mined.name)
+            stages.append(Stage(f"mine: {teacher}, ranks {row.window[0]}-{row.window[1]}, k={row.k}",
+                                mined, mined.exists,
+                                _cli("mine", str(data), "--corpus", "from-records", "--teacher", teacher,
+                                     "--range", str(row.window[0]), str(row.window[1]), "--k", str(row.k),
+                                     "--out", str(mined), "--no-progress")))
+        overrides = [f"data.train_files=[{mined}]"] + [f"{k}={v}" for k, v in row.train]
+        stages.append(Stage(f"train row {row.slug(baseline)}", d / "train",
+                            lambda d=d: (d / "train" / "final" / "sfr_ds.json").exists(),
+                            _cli("train", cfg.train_config, *overrides, "--output-dir", str(d / "train"),
+                                 "--resume", "--nproc-per-node", str(cfg.nproc))))
+        stages.append(Stage(f"evaluate row {row.slug(baseline)}", d / "eval", lambda d=d: eval_done(d / "eval"),
+                            _cli("eval", "run", str(d / "train"), "--output-dir", str(d / "eval"),
+                                 "--no-progress", *map(str, cfg.eval_args))))
+    columns = {name: {col: out / "rows" / resolve(cfg, v).slug(baseline) / "eval" for col, v in study.rows.items()}
+               for name, study in studies.items()}
+    return stages, columns
+
+
+def tables(cfg: AblateConfig, studies: dict[str, Study], columns: dict[str, dict[str, Path]]) -> str:
+    """Each study's table (seed layout) into STUDY.md, all of them into ablations.md."""
+    from .eval.suite import compare, read_scores
+
+    out, parts = Path(cfg.output_dir), []
+    for name, study in studies.items():
+        scores = []
+        for col, folder in columns[name].items():
+            s = read_scores(folder)
+            s.label = col
+            scores.append(s)
+        text = f"## {study.title or name}\n\n" + compare(scores)
+        (out / f"{name}.md").write_text(text)
+        parts.append(text)
+    text = "\n".join(parts)
+    (out / "ablations.md").write_text(text)
+    return text
+
+
+def run_ablations(cfg: AblateConfig, studies: dict[str, Study]) -> str:
+    stages, columns = plan(cfg, studies)
+    run_stages(stages, "ablate")
+    return tables(cfg, studies, columns)

@@ -1,0 +1,151 @@
+"""``sfr-ds demo``: one SFR round on the bundled real data, end to end, with a before/after table.
+
+prepare (bundled SciFact/STS-B/Banking77 training subsets) -> mine hard negatives (MiniLM teacher)
+-> evaluate the untrained model -> train (2 ranks, DeepSpeed ZeRO-2, GradCache, task-homogeneous
+batches) -> merge the LoRA -> evaluate the merged model, both on the held-out ``mini`` suite.
+
+Each stage is the ordinary ``sfr-ds`` command in its own process (what a user would type, shown
+as it runs), and each recognises its finished output, so running the demo again after an
+interruption continues where it stopped. On a machine with GPUs training uses all of them in bf16.
+"""
+from __future__ import annotations
+
+import random
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import PROJECT_ROOT
+from .data.records import read_jsonl, write_jsonl
+
+BUNDLED = PROJECT_ROOT / "sfr_ds" / "resources" / "data"
+TRAIN_FILES = ("scifact_train.jsonl", "stsb_train.jsonl", "banking77_train.jsonl")
+# Eval lengths: bundled documents are cut at 500 characters (~100-130 tokens).
+EVAL_ARGS = ["--suite", "mini", "--query-max-len", "64", "--doc-max-len", "128"]
+
+
+@dataclass
+class DemoOptions:
+    config: str = str(PROJECT_ROOT / "configs" / "demo.yaml")
+    teacher: str = "builtin:minilm"
+    records_per_dataset: int = 128
+    window: tuple[int, int] = (30, 100)
+    k: int = 7
+    nproc: int | None = None  # default: every GPU, else 2 CPU ranks
+    train_overrides: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class Stage:
+    name: str
+    output: Path  # what the stage leaves behind (shown to the user)
+    done: Callable[[], bool]
+    command: list[str] | None = None  # run in a child process ...
+    call: Callable[[], None] | None = None  # ... or here
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sfr_ds.cli", *args]
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def prepare(out: Path, per_dataset: int, seed: int) -> None:
+    """A seeded subset of each bundled training file (validated on read) as one training JSONL;
+    its mined negatives only form the pool the teacher ranks again."""
+    records = []
+    for name in TRAIN_FILES:
+        got = read_jsonl(BUNDLED / name)
+        keep = sorted(random.Random(seed).sample(range(len(got)), min(per_dataset, len(got))))
+        records += [got[i] for i in keep]
+        print(f"  {name}: {len(keep)} of {len(got)} records")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    write_jsonl(records, tmp)
+    tmp.replace(out)
+
+
+def eval_done(folder: Path) -> bool:
+    return (folder / "summary.json").exists() and '"missing": []' in (folder / "summary.json").read_text()
+
+
+def stages(out: Path, o: DemoOptions, gpus: int) -> list[Stage]:
+    data, mined, run, merged = out / "data" / "train.jsonl", out / "data" / "mined.jsonl", out / "train", out / "merged"
+    nproc = o.nproc or gpus or 2
+    train_overrides = [f"data.train_files=[{mined}]", *o.train_overrides]
+    if gpus:
+        train_overrides += ["model.dtype=bf16", f"deepspeed.config={PROJECT_ROOT / 'ds_configs' / 'zero2_bf16.json'}"]
+    base_model = _base_model(o.config, o.train_overrides)
+    return [
+        Stage("prepare the bundled training data", data, data.exists,
+              call=lambda: prepare(data, o.records_per_dataset, o.seed)),
+        Stage(f"mine hard negatives with {o.teacher}", mined, mined.exists,
+              _cli("mine", str(data), "--corpus", "from-records", "--teacher", o.teacher,
+                   "--range", str(o.window[0]), str(o.window[1]), "--k", str(o.k), "--out", str(mined))),
+        Stage(f"evaluate the untrained {base_model}", out / "eval" / "before",
+              lambda: eval_done(out / "eval" / "before"),
+              _cli("eval", "run", base_model, "--output-dir", str(out / "eval" / "before"), *EVAL_ARGS)),
+        Stage(f"train on {nproc} {'GPU' if gpus else 'CPU'} rank(s)", run,
+              lambda: (run / "final" / "sfr_ds.json").exists(),
+              _cli("train", o.config, *train_overrides, "--output-dir", str(run), "--resume",
+                   "--nproc-per-node", str(nproc))),
+        Stage("merge the LoRA into full weights", merged, lambda: (merged / "sfr_ds.json").exists(),
+              _cli("merge", str(run), "--out", str(merged))),
+        Stage("evaluate the trained (merged) model", out / "eval" / "after",
+              lambda: eval_done(out / "eval" / "after"),
+              _cli("eval", "run", str(merged), "--output-dir", str(out / "eval" / "after"), *EVAL_ARGS)),
+    ]
+
+
+def _base_model(config: str, overrides: list[str]) -> str:
+    """The config's model name (the config is validated by ``sfr-ds train``, once its data exist)."""
+    import yaml
+
+    from .config import ModelConfig, apply_overrides
+
+    data = apply_overrides(yaml.safe_load(Path(config).read_text()) or {}, list(overrides))
+    return (data.get("model") or {}).get("name_or_path", ModelConfig.name_or_path)
+
+
+def run_stages(plan: list[Stage], what: str) -> None:
+    """Each stage in order, skipping finished ones; a failing stage stops with how to continue."""
+    start = time.time()
+    for n, stage in enumerate(plan, 1):
+        head = f"[{what} {n}/{len(plan)} {time.time() - start:5.0f}s] {stage.name}"
+        if stage.done():
+            print(f"{head}: done already ({stage.output})", flush=True)
+            continue
+        print(f"{head} -> {stage.output}", flush=True)
+        if stage.call:
+            stage.call()
+            continue
+        print("  $ " + shlex.join(stage.command), flush=True)
+        if subprocess.call(stage.command, cwd=PROJECT_ROOT) != 0:
+            raise RuntimeError(f"{what} stage '{stage.name}' failed; fix the cause and run the same "
+                               "command again to continue from this stage")
+
+
+def run_demo(out: str | Path, options: DemoOptions | None = None) -> str:
+    """Run (or continue) the demo in ``out``; returns the before/after table (also in summary.md)."""
+    from .eval.suite import compare, read_scores
+
+    o, out = options or DemoOptions(), Path(out).resolve()
+    plan = stages(out, o, _gpus())
+    start = time.time()
+    run_stages(plan, "demo")
+    before, after = read_scores(out / "eval" / "before"), read_scores(out / "eval" / "after")
+    before.label, after.label = "untrained", "trained"
+    table = compare([before, after])
+    (out / "summary.md").write_text("# sfr-ds demo: before and after one SFR round\n\n" + table)
+    where = "\n".join(f"  {s.name}: {s.output}" for s in plan)
+    print(f"\n{table}\nwritten in {out} ({time.time() - start:.0f} s):\n{where}\n  table: {out / 'summary.md'}")
+    return table

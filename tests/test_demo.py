@@ -1,0 +1,119 @@
+"""`sfr-ds demo` and `sfr-ds ablate` end to end through the real commands, on a small real model.
+
+MiniLM (a real 22M encoder) stands in for SmolLM2 so the whole chain (prepare, mine, evaluate,
+train with 2 ranks under ZeRO-2 with GradCache, merge, evaluate) fits in a test; the measured
+SmolLM2 demo is in README.md and docs/ablations.md.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, sfr_ds
+from sfr_ds.ablate import load_ablate_config
+from sfr_ds.config import ConfigError
+from sfr_ds.eval.suite import BUNDLED
+
+MINILM_TRAIN = {
+    "model": {"name_or_path": "builtin:minilm", "pooling": "mean", "dtype": "fp32"},
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+    "data": {"train_files": [], "global_batch_size": 8, "hard_negatives": 1, "query_max_len": 32,
+             "doc_max_len": 48, "homogeneous": True},
+    "gradcache": {"enabled": True, "packing": True, "chunk_tokens": 256},
+    "optim": {"lr": 1e-3, "warmup_steps": 1, "max_steps": 2},
+    "deepspeed": {"config": str(ROOT / "ds_configs" / "zero2.json")},
+    "run": {"output_dir": "unused", "save_every": 100},
+}
+STS = f"sts:{BUNDLED}/stsbenchmark/sts-test.csv?name=STSBenchmark-mini"
+
+
+def main_score(eval_dir: Path, task: str) -> float:
+    (result,) = (eval_dir / "results").rglob(f"{task}.json")
+    return json.loads(result.read_text())["scores"]["test"][0]["main_score"]
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    """First table of a markdown text: first cell -> other cells."""
+    rows = {}
+    for line in markdown.split("\n\n")[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells and not set(cells[0]) <= {"-"}:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def minilm_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "minilm.yaml"
+    path.write_text(yaml.safe_dump(MINILM_TRAIN))
+    return path
+
+
+def test_demo_runs_every_stage_then_continues_from_its_outputs(tmp_path, minilm_config):
+    out = tmp_path / "demo"
+    args = ["demo", "--output-dir", out, "--config", minilm_config, "--teacher", "bm25",
+            "--records-per-dataset", "16"]
+    first = sfr_ds(*args, timeout=900).stdout
+    heads = re.findall(r"\[demo (\d)/6 +\d+s\] ([^\n]*?) ->", first)
+    assert [n for n, _ in heads] == list("123456"), first
+    mined = [json.loads(line) for line in (out / "data" / "mined.jsonl").read_text().splitlines()]
+    assert len(mined) == 48 and all(r["neg"] for r in mined)
+    merged_meta = json.loads((out / "merged" / "sfr_ds.json").read_text())
+    assert merged_meta["merged"] and merged_meta["pooling"] == "mean"
+    assert json.loads((out / "eval" / "after" / "model_settings.json").read_text())["source"] == str(out / "merged")
+
+    rows = table_rows((out / "summary.md").read_text().split("\n", 2)[2])
+    assert rows["Metric"][:2] == ["untrained", "trained"]
+    tasks = table_rows((out / "summary.md").read_text().split("\n\n")[2])
+    for task in ("SciFact-mini", "STSBenchmark-mini", "PubMedQA-mini", "Banking77Clustering-mini"):
+        before, after = (float(x) for x in tasks[task][:2])
+        assert before == pytest.approx(100 * main_score(out / "eval" / "before", task), abs=0.006)
+        assert after == pytest.approx(100 * main_score(out / "eval" / "after", task), abs=0.006)
+    assert any(float(a) != float(b) for a, b, *_ in tasks.values() if a != "Task")
+
+    again = sfr_ds(*args, timeout=600).stdout
+    assert again.count("done already") == 6, again
+    assert (out / "summary.md").read_text().split("\n", 2)[2] in again
+
+
+def test_ablate_shares_the_baseline_and_tabulates_each_row(tmp_path, minilm_config):
+    cfg = tmp_path / "ablate.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "ab"), "train_config": str(minilm_config), "records_per_dataset": 16,
+        "baseline": {"teacher": "bm25", "window": [30, 100], "k": 3},
+        "eval_args": ["--tasks", STS, "--query-max-len", "32", "--doc-max-len", "48"],
+        "studies": {"teacher": {"title": "Teacher", "rows": {"BM25": {}, "Self": {"teacher": "self"}}},
+                    "negatives": {"rows": {"#HN=1": {}, "#HN=2": {"train": {"data.hard_negatives": 2}}}}},
+    }))
+    out = sfr_ds("ablate", cfg, timeout=1200).stdout
+    rows = sorted(p.name for p in (tmp_path / "ab" / "rows").iterdir())
+    assert rows == ["baseline", "data.hard_negatives-2", "teacher-self"]  # baseline trained once
+    run_yaml = yaml.safe_load((tmp_path / "ab" / "rows" / "data.hard_negatives-2" / "train" / "run.yaml").read_text())
+    assert run_yaml["data"]["hard_negatives"] == 2
+    assert "--teacher self:" + str(tmp_path / "ab" / "rows" / "baseline" / "train") in out
+    for study, columns in (("teacher", {"BM25": "baseline", "Self": "teacher-self"}),
+                           ("negatives", {"#HN=1": "baseline", "#HN=2": "data.hard_negatives-2"})):
+        table = table_rows((tmp_path / "ab" / f"{study}.md").read_text().split("\n\n", 1)[1])
+        assert table["Metric"][:2] == list(columns)
+        for cell, row in zip(table["STS_dev"], columns.values()):
+            score = main_score(tmp_path / "ab" / "rows" / row / "eval", "STSBenchmark-mini")
+            assert float(cell) == pytest.approx(100 * score, abs=0.006)
+    again = sfr_ds("ablate", cfg, "--plan").stdout
+    assert "[todo]" not in again and again.count("[done]") == 9  # prepare, 2 mines, 3 x (train, eval)
+
+
+def test_ablate_config_reports_every_problem_at_once(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "baseline": {"teacher": "self", "window": [100, 30], "k": 7},
+        "studies": {"a": {"rows": {"x": {"windw": [0, 1]}}}, "b": {"rows": {}}},
+        "nprocs": 2,
+    }))
+    with pytest.raises(ConfigError) as e:
+        load_ablate_config(cfg)
+    text = str(e.value)
+    for needle in ("unknown field 'nprocs'", "studies.a.rows.x.windw", "studies.b: no rows",
+                   "'baseline.window' must be [lo, hi)", "'baseline.teacher' cannot be self"):
+        assert needle in text, text
