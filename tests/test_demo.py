@@ -54,12 +54,13 @@ def minilm_config(tmp_path_factory) -> Path:
 def test_demo_runs_every_stage_then_continues_from_its_outputs(tmp_path, minilm_config):
     out = tmp_path / "demo"
     args = ["demo", "--output-dir", out, "--config", minilm_config, "--teacher", "bm25",
-            "--records-per-dataset", "16"]
+            "--records-per-dataset", "16", "--range", "0", "20"]
     first = sfr_ds(*args, timeout=900).stdout
     heads = re.findall(r"\[demo (\d)/6 +\d+s\] ([^\n]*?) ->", first)
     assert [n for n, _ in heads] == list("123456"), first
     mined = [json.loads(line) for line in (out / "data" / "mined.jsonl").read_text().splitlines()]
-    assert len(mined) == 48 and all(r["neg"] for r in mined)
+    # BM25 over a pool of ~130 texts leaves a few queries nothing in ranks 0-20 with a score > 0
+    assert len(mined) == 48 and sum(bool(r["neg"]) for r in mined) >= 40
     merged_meta = json.loads((out / "merged" / "sfr_ds.json").read_text())
     assert merged_meta["merged"] and merged_meta["pooling"] == "mean"
     assert json.loads((out / "eval" / "after" / "model_settings.json").read_text())["source"] == str(out / "merged")
@@ -71,7 +72,7 @@ def test_demo_runs_every_stage_then_continues_from_its_outputs(tmp_path, minilm_
         before, after = (float(x) for x in tasks[task][:2])
         assert before == pytest.approx(100 * main_score(out / "eval" / "before", task), abs=0.006)
         assert after == pytest.approx(100 * main_score(out / "eval" / "after", task), abs=0.006)
-    assert any(float(a) != float(b) for a, b, *_ in tasks.values() if a != "Task")
+    assert any(float(v[0]) != float(v[1]) for k, v in tasks.items() if k != "Task")  # training did something
 
     again = sfr_ds(*args, timeout=600).stdout
     assert again.count("done already") == 6, again
@@ -97,7 +98,7 @@ def test_ablate_shares_the_baseline_and_tabulates_each_row(tmp_path, minilm_conf
                            ("negatives", {"#HN=1": "baseline", "#HN=2": "data.hard_negatives-2"})):
         table = table_rows((tmp_path / "ab" / f"{study}.md").read_text().split("\n\n", 1)[1])
         assert table["Metric"][:2] == list(columns)
-        for cell, row in zip(table["STS_dev"], columns.values()):
+        for cell, row in zip(table["STS"], columns.values()):  # --tasks: grouped by type
             score = main_score(tmp_path / "ab" / "rows" / row / "eval", "STSBenchmark-mini")
             assert float(cell) == pytest.approx(100 * score, abs=0.006)
     again = sfr_ds("ablate", cfg, "--plan").stdout

@@ -117,6 +117,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Record]:
 def write_jsonl(records, path: str | os.PathLike) -> int:
     """Write records (``Record`` or dicts) atomically; returns the count."""
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     n = 0
     with open(tmp, "w", encoding="utf-8") as f:
