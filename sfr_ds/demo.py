@@ -10,6 +10,7 @@ interruption continues where it stopped. On a machine with GPUs training uses al
 """
 from __future__ import annotations
 
+import json
 import random
 import shlex
 import subprocess
@@ -68,14 +69,13 @@ def prepare(out: Path, per_dataset: int, seed: int) -> None:
         keep = sorted(random.Random(seed).sample(range(len(got)), min(per_dataset, len(got))))
         records += [got[i] for i in keep]
         print(f"  {name}: {len(keep)} of {len(got)} records")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    write_jsonl(records, tmp)
-    tmp.replace(out)
+    write_jsonl(records, out)  # atomic: a finished file means a finished stage
 
 
 def eval_done(folder: Path) -> bool:
-    return (folder / "summary.json").exists() and '"missing": []' in (folder / "summary.json").read_text()
+    """Every task of the evaluation folder has its result (its summary names none missing)."""
+    summary = folder / "summary.json"
+    return summary.exists() and json.loads(summary.read_text())["missing"] == []
 
 
 def stages(out: Path, o: DemoOptions, gpus: int) -> list[Stage]:
@@ -112,8 +112,11 @@ def _base_model(config: str, overrides: list[str]) -> str:
 
     from .config import ModelConfig, apply_overrides
 
-    data = apply_overrides(yaml.safe_load(Path(config).read_text()) or {}, list(overrides))
-    return (data.get("model") or {}).get("name_or_path", ModelConfig.name_or_path)
+    model = (apply_overrides(yaml.safe_load(Path(config).read_text()) or {}, list(overrides)).get("model") or {})
+    if model.get("random_init"):
+        raise RuntimeError(f"{config}: the demo evaluates the untrained model by name before training, "
+                           "and a random_init model has none; use a pretrained model")
+    return model.get("name_or_path", ModelConfig.name_or_path)
 
 
 def run_stages(plan: list[Stage], what: str) -> None:

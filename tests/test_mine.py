@@ -207,6 +207,7 @@ def test_dense_mined_file_trains(minilm, tmp_path):
 
 # --- BM25, then our own model as teacher ----------------------------------------------------
 
+@pytest.mark.slow  # tests/test_demo.py's ablation mines with a trained run (self:) by default
 def test_bm25_then_self_teacher_rounds(scifact, tmp_path):
     """Round 1: BM25 over the whole corpus, then train; round 2: that run is the teacher."""
     bm25_out = tmp_path / "bm25.jsonl"

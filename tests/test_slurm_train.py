@@ -96,6 +96,7 @@ def test_pre_timeout_signal_checkpoints_requeues_and_resumes_exactly(cluster, un
     same(uninterrupted, run_dir)
 
 
+@pytest.mark.slow  # the same requeue-and-resume path as the USR1 test above, started by scontrol
 def test_external_requeue_resumes_exactly(cluster, uninterrupted, tmp_path):
     run_dir = tmp_path / "requeue"
     job = submit(cluster, run_dir)
