@@ -6,10 +6,15 @@ shared between studies (the baseline appears in every table, as in the seed). Mi
 shared by every row with the same (teacher, window, k). The teacher ``self`` is the baseline
 row's trained model: the seed's "the model itself" after round 1.
 
+With ``start_from_demo`` every row fine-tunes the model ``sfr-ds demo`` trained (run first when
+its folder is not finished) on bundled records the demo did not train on: the seed fine-tunes
+e5-mistral-7b-instruct, a model that already embeds, and a small LM trained from scratch on a few
+hundred records is too unstable for its ablations to be read (docs/ablations.md).
+
 Layout under ``output_dir``::
 
     data/train.jsonl             the training records (``train_input``, else the bundled subsets as
-                                 the demo prepares them)
+                                 the demo prepares them, less the demo's own with start_from_demo)
     mined/TEACHER_LO-HI_kK.jsonl  one file per mining setting
     rows/SLUG/{train,eval}       one run directory and its evaluation per row
     STUDY.md, ablations.md       the tables in the seed's layout (groups and AVG as rows)
@@ -48,6 +53,7 @@ class AblateConfig:
     train_config: str = "configs/ablate_cpu.yaml"
     train_input: str = ""  # training records to mine for; empty: the bundled subsets
     records_per_dataset: int = 128  # with the bundled subsets
+    start_from_demo: str = ""  # a demo output folder: every row fine-tunes its merged model
     baseline: Variant = field(default_factory=lambda: Variant("builtin:minilm", [30, 100], 7))
     eval_args: list = field(default_factory=lambda: ["--suite", "mini"])
     nproc: int = 2
@@ -110,6 +116,8 @@ def load_ablate_config(path: str | os.PathLike, overrides: list[str] | None = No
         if not os.path.exists(cfg.train_input):
             raise ConfigError([f"'train_input': file not found: {cfg.train_input}"])
     cfg.output_dir = str(Path(cfg.output_dir).resolve())
+    if cfg.start_from_demo:
+        cfg.start_from_demo = str(Path(cfg.start_from_demo).resolve())
     return cfg, studies
 
 
@@ -135,8 +143,20 @@ def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dic
         for v in study.rows.values():
             rows.setdefault(resolve(cfg, v), None)
     data = Path(cfg.train_input) if cfg.train_input else out / "data" / "train.jsonl"
-    stages = [] if cfg.train_input else [Stage("prepare the bundled training data", data, data.exists,
-                                               call=lambda: prepare(data, cfg.records_per_dataset, 0))]
+    stages, start = [], []
+    demo = Path(cfg.start_from_demo) if cfg.start_from_demo else None
+    if demo:
+        stages.append(Stage("the starting model: sfr-ds demo", demo / "merged", (demo / "summary.md").exists,
+                            _cli("demo", "--output-dir", str(demo))))
+        start = [f"model.name_or_path={demo / 'merged'}"]
+        stages.append(Stage("evaluate the starting model", out / "start" / "eval",
+                            lambda: eval_done(out / "start" / "eval"),
+                            _cli("eval", "run", str(demo / "merged"), "--output-dir", str(out / "start" / "eval"),
+                                 "--no-progress", *map(str, cfg.eval_args))))
+    if not cfg.train_input:
+        exclude = demo / "data" / "train.jsonl" if demo else None
+        stages.append(Stage("prepare the bundled training data", data, data.exists,
+                            call=lambda: prepare(data, cfg.records_per_dataset, 0, exclude)))
     mined_done: set[str] = set()
     for row in rows:
         d = out / "rows" / row.slug(baseline)
@@ -149,7 +169,7 @@ def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dic
                                 _cli("mine", str(data), "--corpus", "from-records", "--teacher", teacher,
                                      "--range", str(row.window[0]), str(row.window[1]), "--k", str(row.k),
                                      "--out", str(mined), "--no-progress")))
-        overrides = [f"data.train_files=[{mined}]"] + [f"{k}={v}" for k, v in row.train]
+        overrides = [f"data.train_files=[{mined}]", *start] + [f"{k}={v}" for k, v in row.train]
         stages.append(Stage(f"train row {row.slug(baseline)}", d / "train",
                             lambda d=d: (d / "train" / "final" / "sfr_ds.json").exists(),
                             _cli("train", cfg.train_config, *overrides, "--output-dir", str(d / "train"),
@@ -167,6 +187,10 @@ def tables(cfg: AblateConfig, studies: dict[str, Study], columns: dict[str, dict
     from .eval.suite import compare, read_scores
 
     out, parts = Path(cfg.output_dir), []
+    if cfg.start_from_demo:
+        start = read_scores(out / "start" / "eval")
+        start.label = "start"
+        parts.append(f"## The starting model ({cfg.start_from_demo}/merged)\n\n" + compare([start]))
     for name, study in studies.items():
         scores = []
         for col, folder in columns[name].items():

@@ -60,15 +60,20 @@ def _gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def prepare(out: Path, per_dataset: int, seed: int) -> None:
+def prepare(out: Path, per_dataset: int, seed: int, exclude: Path | None = None) -> None:
     """A seeded subset of each bundled training file (validated on read) as one training JSONL;
-    its mined negatives only form the pool the teacher ranks again."""
+    its mined negatives only form the pool the teacher ranks again. With ``exclude`` (a training
+    JSONL), records whose query is a query or positive there are left out first (STS pairs come
+    in both directions)."""
+    used: set[str] = set()
+    for r in read_jsonl(exclude) if exclude else []:
+        used.update([r.query, *r.pos])
     records = []
     for name in TRAIN_FILES:
-        got = read_jsonl(BUNDLED / name)
+        got = [r for r in read_jsonl(BUNDLED / name) if r.query not in used]
         keep = sorted(random.Random(seed).sample(range(len(got)), min(per_dataset, len(got))))
         records += [got[i] for i in keep]
-        print(f"  {name}: {len(keep)} of {len(got)} records")
+        print(f"  {name}: {len(keep)} of {len(got)} records" + (f" not in {exclude}" if exclude else ""))
     write_jsonl(records, out)  # atomic: a finished file means a finished stage
 
 

@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, sfr_ds
-from sfr_ds.ablate import load_ablate_config
+from sfr_ds.ablate import load_ablate_config, plan
 from sfr_ds.config import ConfigError
+from sfr_ds.data.records import read_jsonl, write_jsonl
+from sfr_ds.demo import BUNDLED as TRAIN_BUNDLE, TRAIN_FILES
 from sfr_ds.eval.suite import BUNDLED
 
 MINILM_TRAIN = {
@@ -118,3 +120,30 @@ def test_ablate_config_reports_every_problem_at_once(tmp_path):
     for needle in ("unknown field 'nprocs'", "studies.a.rows.x.windw", "studies.b: no rows",
                    "'baseline.window' must be [lo, hi)", "'baseline.teacher' cannot be self"):
         assert needle in text, text
+
+
+def test_ablate_from_demo_runs_the_demo_first_and_trains_on_records_it_did_not(tmp_path, minilm_config):
+    demo = tmp_path / "demo"
+    demo_records = [r for name in TRAIN_FILES for r in read_jsonl(TRAIN_BUNDLE / name)[:40]]
+    write_jsonl(demo_records, demo / "data" / "train.jsonl")  # an unfinished demo: no summary.md
+    cfg_path = tmp_path / "ablate.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "ab"), "train_config": str(minilm_config), "records_per_dataset": 300,
+        "start_from_demo": str(demo), "baseline": {"teacher": "bm25", "window": [30, 100], "k": 3},
+        "studies": {"negatives": {"rows": {"#HN=1": {}, "#HN=2": {"train": {"data.hard_negatives": 2}}}}},
+    }))
+    cfg, studies = load_ablate_config(cfg_path)
+    stages, _ = plan(cfg, studies)
+    assert stages[0].command[-3:] == ["demo", "--output-dir", str(demo)] and not stages[0].done()
+    start_eval = next(s for s in stages if s.name == "evaluate the starting model")
+    assert start_eval.command[start_eval.command.index("run") + 1] == str(demo / "merged")
+    trains = [s for s in stages if s.name.startswith("train row")]
+    assert len(trains) == 2 and all(f"model.name_or_path={demo / 'merged'}" in s.command for s in trains)
+
+    next(s for s in stages if s.name.startswith("prepare")).call()
+    got = read_jsonl(tmp_path / "ab" / "data" / "train.jsonl")
+    used = {t for r in demo_records for t in [r.query, *r.pos]}
+    assert not {r.query for r in got} & used
+    for name in TRAIN_FILES:  # 300 asked, fewer left where the demo's 40 (and STS's reversed pairs) are out
+        left = [r for r in read_jsonl(TRAIN_BUNDLE / name) if r.query not in used]
+        assert sum(r.dataset == left[0].dataset for r in got) == min(300, len(left)) < len(read_jsonl(TRAIN_BUNDLE / name))

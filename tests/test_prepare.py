@@ -180,3 +180,33 @@ def test_bundled_tiny_mixes_three_task_types():
     assert Counter(r.task_type for r in records) == {"retrieval": 32, "sts": 32,
                                                       "classification": 32}
     assert all(len(r.neg) >= 3 for r in records)
+
+
+def test_mini_eval_suite_shares_no_text_with_the_training_bundle(data):
+    """The `mini` suite is held out: no query, document or sentence of it is a training text, and
+    no SciFact-mini abstract is (by id) a training positive or negative. SciFact's train and test
+    claims share one corpus, so the judged abstracts of test claims must be filtered for this."""
+    train_texts, train_ids = set(), set()
+    for name in BUNDLED[:3]:
+        for r in read_jsonl(BUNDLE / name):
+            train_texts.update([r.query, *r.pos, *r.neg])
+            train_ids.update(map(str, r.extra.get("pos_ids", []) + r.extra.get("neg_ids", [])))
+    ev = BUNDLE / "eval"
+    with open(ev / "scifact" / "corpus.jsonl", encoding="utf-8") as f:
+        corpus = {d["_id"]: d["text"] for d in map(json.loads, f)}
+    with open(ev / "scifact" / "queries.jsonl", encoding="utf-8") as f:
+        claims = {q["_id"]: q["text"] for q in map(json.loads, f)}
+    with open(ev / "scifact" / "qrels" / "test.tsv", encoding="utf-8") as f:
+        judged = [line.split("\t")[:2] for line in list(f)[1:]]
+    with open(data / "scifact" / "qrels" / "test.tsv", encoding="utf-8") as f:
+        source_judged = {tuple(line.split("\t")[:2]) for line in list(f)[1:]}
+    assert judged and all(tuple(j) in source_judged and j[1] in corpus for j in judged)
+    assert not set(corpus) & train_ids
+    with open(ev / "stsbenchmark" / "sts-test.csv", encoding="utf-8") as f:
+        sentences = [s for line in f for s in line.rstrip("\n").split("\t")[5:7]]
+    with open(ev / "pubmedqa" / "rerank.jsonl", encoding="utf-8") as f:
+        pubmed = [t for r in map(json.loads, f) for t in [r["query"], *r["positive"], *r["negative"]]]
+    banking = [r["text"] for split in ("clustering", "test", "train")
+               for r in csv.DictReader(open(ev / "banking77" / f"{split}.csv", encoding="utf-8"))]
+    eval_texts = [*corpus.values(), *claims.values(), *sentences, *pubmed, *banking]
+    assert len(eval_texts) > 2000 and not set(eval_texts) & train_texts

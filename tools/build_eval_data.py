@@ -4,9 +4,12 @@ Run from the repository root:  python tools/build_eval_data.py
 
 The ``mini`` suite (``sfr-ds eval --suite mini``, the demo and the ablations) reads these files:
 one task per group of the seed's dev table plus Banking77 classification, small enough that an
-untrained 135M decoder is evaluated on 2 CPU cores in about two minutes. Nothing here overlaps the
-training bundle (SciFact test queries, STS-B test, Banking77 test and train rows the training
-bundle does not use, PubMedQA). The output is a pure function of the sources and ``--seed``.
+untrained 135M decoder is evaluated on 2 CPU cores in about two minutes. No text here occurs in
+the training bundle (``sfr_ds/resources/data/*_train.jsonl``): SciFact test claims whose judged
+abstracts the bundle never uses (as positive or negative) over abstracts it never uses, STS-B test
+pairs whose sentences it never uses, Banking77 texts it does not contain, PubMedQA (not trained on).
+SciFact's train and test claims share one corpus, so without that filter 45 of the judged abstracts
+were positives of training records. The output is a pure function of the sources and ``--seed``.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ COMMAND = "python tools/build_eval_data.py"
 MAX_DOC_CHARS = 500  # as the training bundle: ~100-130 tokens
 # Sized by tokens: SmolLM2-135M reads ~500 tokens/s in fp32 on 2 cores, and the demo evaluates
 # twice within its 15 minutes, so the mini suite is ~50k tokens (~100 s).
-N_SCIFACT_QUERIES, N_SCIFACT_DOCS = 100, 200
+N_SCIFACT_QUERIES, N_SCIFACT_DOCS = 100, 200  # at most: 97 test claims are clean (see above)
 N_PUBMEDQA, N_CANDIDATES = 60, 10
 N_STS_PAIRS = 200
 # Clustering: V-measure rewards many tiny clusters even for random embeddings (77 intents x 5
@@ -46,6 +49,15 @@ def cut(text: str) -> str:
     return head[:head.rfind(" ")] if " " in head else head
 
 
+def bundle_texts(name: str) -> tuple[set[str], set[str]]:
+    """Every text of a bundled training file (queries, positives, negatives) and every doc id."""
+    texts, ids = set(), set()
+    for r in read_jsonl(ROOT / "sfr_ds" / "resources" / "data" / f"{name}_train.jsonl"):
+        texts.update([r.query, *r.pos, *r.neg])
+        ids.update(map(str, [*r.extra.get("pos_ids", []), *r.extra.get("neg_ids", [])]))
+    return texts, ids
+
+
 def sample(items: list, n: int, seed: int) -> list:
     """A seeded sample of ``n`` items, kept in source order."""
     keep = sorted(random.Random(seed).sample(range(len(items)), min(n, len(items))))
@@ -53,7 +65,9 @@ def sample(items: list, n: int, seed: int) -> list:
 
 
 def build_scifact(src: Path, out: Path, seed: int) -> str:
-    """100 test claims; corpus = their judged abstracts + BM25's best other abstracts, to 300."""
+    """Up to 100 test claims none of whose judged abstracts the training bundle uses; corpus = their
+    judged abstracts + BM25's best other abstracts the bundle does not use, to 200."""
+    used_texts, used_ids = bundle_texts("scifact")
     qrels: dict[str, list[str]] = {}
     with open(src / "qrels" / "test.tsv", encoding="utf-8") as f:
         for row in list(csv.reader(f, delimiter="\t"))[1:]:
@@ -63,14 +77,16 @@ def build_scifact(src: Path, out: Path, seed: int) -> str:
     for line in open(src / "queries.jsonl", encoding="utf-8"):
         obj = json.loads(line)
         queries[str(obj["_id"])] = obj["text"]
-    qids = sample(sorted(qrels, key=int), N_SCIFACT_QUERIES, seed)
     corpus = load_beir_corpus(src / "corpus.jsonl")
+    unused = {d for d, text in corpus.items() if d not in used_ids and text not in used_texts}
+    clean = [q for q in sorted(qrels, key=int) if all(d in unused for d in qrels[q])]
+    qids = sample(clean, N_SCIFACT_QUERIES, seed)
     ids, texts = list(corpus), list(corpus.values())
     keep = list(dict.fromkeys(d for q in qids for d in qrels[q]))
     _, top = BM25Teacher(texts).search([queries[q] for q in qids], 50)
     for depth in range(top.shape[1]):  # round robin over queries: each gets its hardest first
         for row in top[:, depth]:
-            if len(keep) < N_SCIFACT_DOCS and ids[row] not in keep:
+            if len(keep) < N_SCIFACT_DOCS and ids[row] in unused and ids[row] not in keep:
                 keep.append(ids[row])
     keep = sorted(keep, key=ids.index)
     (out / "scifact" / "qrels").mkdir(parents=True)
@@ -84,8 +100,10 @@ def build_scifact(src: Path, out: Path, seed: int) -> str:
         f.write("query-id\tcorpus-id\tscore\n")
         f.writelines(f"{q}\t{d}\t1\n" for q in qids for d in qrels[q])
     n_rel = sum(len(qrels[q]) for q in qids)
-    return (f"{len(qids)} of {len(qrels)} test claims ({n_rel} judgements), corpus {len(keep)} of "
-            f"{len(ids)} abstracts: the judged ones plus BM25's highest-ranked others")
+    return (f"{len(qids)} of {len(qrels)} test claims ({n_rel} judgements; the {len(clean)} whose "
+            f"judged abstracts the training bundle never uses), corpus {len(keep)} of {len(ids)} "
+            f"abstracts: the judged ones plus BM25's highest-ranked others among the "
+            f"{len(unused)} the bundle never uses")
 
 
 def build_pubmedqa(src: Path, out: Path, seed: int) -> str:
@@ -109,17 +127,20 @@ def build_pubmedqa(src: Path, out: Path, seed: int) -> str:
 
 
 def build_stsb(src: Path, out: Path, seed: int) -> str:
+    used, _ = bundle_texts("stsb")
     lines = (src / "sts-test.csv").read_text(encoding="utf-8").splitlines(keepends=True)
-    chosen = sample(lines, N_STS_PAIRS, seed)
+    clean = [line for line in lines if not set(line.rstrip("\n").split("\t")[5:7]) & used]
+    chosen = sample(clean, N_STS_PAIRS, seed)
     (out / "stsbenchmark").mkdir()
     (out / "stsbenchmark" / "sts-test.csv").write_text("".join(chosen), encoding="utf-8")
-    return f"{len(chosen)} of the {len(lines)} sts-test.csv pairs, lines unmodified"
+    return (f"{len(chosen)} of the {len(clean)} sts-test.csv pairs (of {len(lines)}) neither of whose "
+            f"sentences the training bundle uses, lines unmodified")
 
 
 def build_banking77(src: Path, out: Path, seed: int) -> str:
     """Clustering: 15 test rows of each of 20 intents. Classification: per intent, 5 test rows and
     10 train rows (for the classifier) the training bundle does not contain."""
-    used = {r.query for r in read_jsonl(ROOT / "sfr_ds" / "resources" / "data" / "banking77_train.jsonl")}
+    used, _ = bundle_texts("banking77")
 
     def per_label(path: Path, n: int, exclude: set[str]) -> list[dict]:
         rows = [r for r in csv.DictReader(open(path, encoding="utf-8")) if r["text"] not in exclude]
@@ -129,10 +150,10 @@ def build_banking77(src: Path, out: Path, seed: int) -> str:
         return [r for label in sorted(by_label) for r in sample(by_label[label], n, seed)]
 
     (out / "banking77").mkdir()
-    parts = {"test": per_label(src / "test.csv", BANKING_TEST_PER_LABEL, set()),
+    parts = {"test": per_label(src / "test.csv", BANKING_TEST_PER_LABEL, used),
              "train": per_label(src / "train.csv", BANKING_TRAIN_PER_LABEL, used)}
     intents = set(sample(sorted({r["category"] for r in parts["test"]}), N_CLUSTER_INTENTS, seed))
-    parts["clustering"] = [r for r in per_label(src / "test.csv", CLUSTER_PER_INTENT, set())
+    parts["clustering"] = [r for r in per_label(src / "test.csv", CLUSTER_PER_INTENT, used)
                            if r["category"] in intents]
     for split, rows in parts.items():
         with open(out / "banking77" / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
@@ -155,7 +176,8 @@ classification, sized so that SmolLM2-135M is evaluated on 2 CPU cores in a few 
 these subsets are not comparable with published MTEB scores (smaller corpora, shorter documents);
 they compare models with each other. Built by `{command}` (seed {seed}) from `../shared/data/`;
 rerunning it reproduces these files byte for byte. Documents are cut to at most {chars} characters at
-a word boundary. None of it is in the training bundle.
+a word boundary. No text of it occurs in the training bundle (`../*_train.jsonl`); Banking77's
+intent names are the labels-as-documents of both, by design.
 
 | folder | task (group) | content | source and licence |
 |---|---|---|---|
