@@ -107,8 +107,8 @@ def build_scifact(src: Path, out: Path, seed: int) -> str:
 
 
 def build_pubmedqa(src: Path, out: Path, seed: int) -> str:
-    """100 PQA-L test questions, each reranking its own abstract among the 9 closest (BM25)
-    abstracts of the other 99: one pool of 100 documents, so each is encoded once."""
+    """``N_PUBMEDQA`` PQA-L test questions, each reranking its own abstract among the closest
+    (BM25) abstracts of the others: one pool of documents, so each is encoded once."""
     data = json.loads((src / "ori_pqal.json").read_text())
     test = json.loads((src / "test_ground_truth.json").read_text())
     pmids = sample(sorted(p for p in data if p in test), N_PUBMEDQA, seed)

@@ -7,7 +7,7 @@ seed's AVG is). A group's score is the mean of its tasks' main scores, times 100
 
 The ``mini`` suite is the same report on the small held-out subsets bundled with the package
 (``sfr_ds/resources/data/eval``, see its PROVENANCE.md): no data root needed, minutes on a CPU; the
-demo and the ablations use it. ``demo`` adds Banking77 classification to it.
+demo and the ablations use it.
 """
 from __future__ import annotations
 
