@@ -125,10 +125,15 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # Reduce-scatter: each rank receives only the sum for its own slice, half the traffic of
+        # an all-reduce of the whole gathered gradient. gloo has only the list form.
         grad = grad.contiguous()
-        dist.all_reduce(grad)
-        n = grad.size(0) // dist.get_world_size()
-        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+        own = torch.empty_like(grad[: grad.size(0) // dist.get_world_size()])
+        if dist.get_backend() == "gloo":
+            dist.reduce_scatter(own, list(grad.chunk(dist.get_world_size(), 0)))
+        else:
+            dist.reduce_scatter_tensor(own, grad)
+        return own
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

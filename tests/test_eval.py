@@ -381,3 +381,29 @@ def test_clustering_embeds_every_text_and_matches_kmeans(tmp_path, cache_dir):
     kmeans = np.mean([v_measure_score(labels, KMeans(20, n_init=1, random_state=s).fit_predict(emb))
                       for s in range(5)])
     assert abs(score(out, "Banking77Clustering-mini") - kmeans) < 0.05
+
+
+def test_cache_resumes_an_interrupted_encode_at_its_last_finished_piece(tmp_path):
+    """A crash half-way through a corpus keeps the finished pieces: the re-run encodes only the rest,
+    and every row equals the encoder's own output for its text."""
+    from sfr_ds.eval.cache import EmbeddingCache
+
+    texts = [f"document {i} " + "word " * (i % 5) for i in range(10)]
+    calls: list[list[str]] = []
+    fail_on_call = 3
+
+    def encode(batch: list[str]) -> np.ndarray:
+        calls.append(batch)
+        if len(calls) == fail_on_call:
+            raise RuntimeError("killed")
+        return np.array([[len(t), sum(map(ord, t))] for t in batch], dtype=np.float32)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        EmbeddingCache(tmp_path, piece=4).get_or_encode("T", "test", texts, 64, encode)
+    assert [len(b) for b in calls] == [4, 4, 2]
+    finished = {t for b in calls[:2] for t in b}
+    calls.clear()
+    fail_on_call = None
+    got = EmbeddingCache(tmp_path, piece=4).get_or_encode("T", "test", texts, 64, encode)
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(set(texts) - finished)
+    assert np.array_equal(got, np.array([[len(t), sum(map(ord, t))] for t in texts], dtype=np.float32))

@@ -2,9 +2,11 @@
 
 A key is the hash of the max length and the formatted text (instruction included), so a cached
 row can never be served for a text read another way; a crashed or re-submitted task re-encodes
-only what is missing, and the length analysis reuses what ``sfr-ds eval`` encoded. Each encode
-call that computes anything appends one shard (``.npy`` + ``.keys``, renamed into place), so
-concurrent Slurm jobs never rewrite each other's files.
+only what is missing, and the length analysis reuses what ``sfr-ds eval`` encoded. New texts are
+encoded in pieces of ``piece`` texts (longest first, as the encoder batches them) and each piece is
+appended as one shard (``.npy`` + ``.keys``, renamed into place): a task killed half-way through a
+large corpus resumes at its last finished piece, and concurrent Slurm jobs never rewrite each
+other's files.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ def text_key(text: str, max_len: int) -> str:
 
 
 class EmbeddingCache:
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike, piece: int = 2048):
+        self.root, self.piece = Path(root), piece
         self._rows: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
     def folder(self, task: str, split: str) -> Path:
@@ -61,12 +63,13 @@ class EmbeddingCache:
         """Embeddings of ``texts`` (already formatted) in order; ``encode`` sees only new texts."""
         rows = self.rows(task, split)
         keys = [text_key(t, max_len) for t in texts]
-        missing = list(dict.fromkeys(k for k in keys if k not in rows))
-        if missing:
-            text_of = dict(zip(keys, texts))
-            emb = np.asarray(encode([text_of[k] for k in missing]), dtype=np.float32)
-            self._write(task, split, missing, emb)
-            rows.update(zip(missing, emb))
+        text_of = dict(zip(keys, texts))
+        missing = sorted(dict.fromkeys(k for k in keys if k not in rows), key=lambda k: -len(text_of[k]))
+        for start in range(0, len(missing), self.piece):
+            part = missing[start:start + self.piece]
+            emb = np.asarray(encode([text_of[k] for k in part]), dtype=np.float32)
+            self._write(task, split, part, emb)
+            rows.update(zip(part, emb))
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([rows[k] for k in keys])
