@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,11 +23,6 @@ def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
     return None, list(args)
 
 
-def _free_port() -> int:
-    from .dist import launcher_env
-    return int(launcher_env()["MASTER_PORT"]) if "MASTER_PORT" not in os.environ else int(os.environ["MASTER_PORT"])
-
-
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Run directory (overrides run.output_dir).")
@@ -42,7 +36,10 @@ def train(args, output_dir, resume, nproc_per_node):
     """
     config_path, overrides = _split_args(args)
     if nproc_per_node and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
-        sys.exit(_spawn_local(nproc_per_node, args, output_dir, resume))
+        from .dist import spawn_local
+
+        argv = [*args, *(["--output-dir", output_dir] if output_dir else []), *(["--resume"] if resume else [])]
+        sys.exit(spawn_local(nproc_per_node, "train", argv))
     from .config import load_config
 
     if output_dir:
@@ -64,18 +61,6 @@ def train(args, output_dir, resume, nproc_per_node):
     finally:
         from .dist import cleanup
         cleanup()
-
-
-def _spawn_local(n: int, args, output_dir, resume) -> int:
-    """Re-run this command under torchrun with N ranks on this machine."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--nnodes=1",
-           "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "sfr_ds.cli", "train", *args]
-    if output_dir:
-        cmd += ["--output-dir", output_dir]
-    if resume:
-        cmd.append("--resume")
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return subprocess.call(cmd, env=env)
 
 
 def _add_commands() -> None:

@@ -68,6 +68,16 @@ def launcher_env() -> dict[str, str]:
     return out
 
 
+def spawn_local(n: int, command: str, argv: list[str]) -> int:
+    """Run ``sfr-ds COMMAND ARGV`` under torchrun with ``n`` ranks on this machine; its exit code.
+    One thread per rank unless OMP_NUM_THREADS says otherwise (N ranks share the cores)."""
+    port = os.environ.get("MASTER_PORT") or str(_free_port())
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--nnodes=1",
+           "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "sfr_ds.cli", command, *argv]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return subprocess.call(cmd, env=env)
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this rank when its launcher dies, so no orphan rank trains on alone."""
     if sys.platform.startswith("linux") and "RANK" in os.environ:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import click
@@ -54,9 +53,10 @@ def command(ctx: click.Context, input, corpus, teacher, out, window, k, margin, 
 
     Prints the teacher's recall@100 on the mined queries and how many got fewer than k.
     """
-    if nproc_per_node and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
-        sys.exit(_spawn(nproc_per_node, _argv(ctx)))
     from sfr_ds import dist
+
+    if nproc_per_node and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+        sys.exit(dist.spawn_local(nproc_per_node, "mine", _argv(ctx)))
     from sfr_ds.mining.mine import MineOptions, mine_file
     from sfr_ds.mining.teachers import CacheOptions, EncodeOptions, make_teacher
 
@@ -97,14 +97,3 @@ def _argv(ctx: click.Context) -> list[str]:
             for one in value if param.multiple else [value]:
                 argv += [param.opts[0], *map(str, one if param.nargs > 1 else [one])]
     return argv
-
-
-def _spawn(n: int, argv: list[str]) -> int:
-    """Re-run this command under torchrun with N ranks on this machine."""
-    from sfr_ds.dist import launcher_env
-
-    port = os.environ.get("MASTER_PORT") or launcher_env()["MASTER_PORT"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--nnodes=1",
-           "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "sfr_ds.cli", "mine", *argv]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return subprocess.call(cmd, env=env)
