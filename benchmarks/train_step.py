@@ -19,8 +19,12 @@ script measures on one device: bf16 on GPU, the training dtype on CPU), N = the 
 weights (no embeddings). Peak memory: torch.cuda.max_memory_allocated on GPU, else the peak
 resident set size (VmHWM, reset before the timed steps). Each (batch, mode) runs in a fresh process.
 
+The fast mode's rate also gives a projection of the seed's recipe (2,048 queries x 8 documents per
+step on 8 x A100) at the same MFU on ``--project-tflops`` per A100 (an assumption, printed with it).
+
     python benchmarks/train_step.py --shape small --queries 16,64 --threads 1    # CPU, ~12 min
-    python benchmarks/train_step.py --shape mistral-7b --queries 256             # one H100
+    python benchmarks/train_step.py --shape mistral-7b --queries 256             # one H100/H200
+    bash benchmarks/gpu_check.sh                                                 # the GPU checks, one call
 """
 from __future__ import annotations
 
@@ -43,9 +47,9 @@ SHAPES = {  # random_init, default --chunk-tokens, default --chunk-size
     # Mistral's proportions (GQA 4:1, MLP 3.5x) at 1/16 of the width and 1/8 of the depth
     "small": (dict(MISTRAL_7B, hidden_size=256, intermediate_size=896, num_hidden_layers=4,
                    num_attention_heads=8, num_key_value_heads=2), 2048, 32),
-    # about 16 MB of saved activations per token (bf16, LoRA dropout on; measured at 1/8 width):
-    # 2,048 tokens ~ 32 GB next to 14.5 GB of weights on an 80 GB card
-    "mistral-7b": (MISTRAL_7B, 2048, 32),
+    # 9.4 MiB of saved activations per token (bf16, LoRA dropout on; benchmarks/activation_memory.py):
+    # 4,096 tokens (configs/sfr_mistral_7b.yaml) hold 37 GiB next to 14.5 GiB of weights
+    "mistral-7b": (MISTRAL_7B, 4096, 32),
 }
 DATA = ["scifact_train.jsonl", "stsb_train.jsonl", "banking77_train.jsonl"]
 QUERY_MAX, DOC_MAX = 128, 256
@@ -258,6 +262,28 @@ def table(results: list[dict], rate: float, device: str, args) -> str:
     return "\n".join(lines)
 
 
+SEED_QUERIES, SEED_GPUS, SEED_HOURS = 2048, 8, 15  # the seed: batch 2,048, ~15 h on 8 A100s
+
+
+def projection(results: list[dict], rate: float, args) -> str:
+    """The seed's step on 8 A100s at the fast mode's measured MFU (ranks scale linearly: the
+    cross-rank gather, one all-gather of 2,048 x 8 embeddings per step, is left out)."""
+    fast = [r for r in results if r["mode"] == "fast"]
+    if not fast:
+        return ""
+    r = max(fast, key=lambda r: r["queries"])
+    mfu = r["real_tokens"] / r["seconds"] * 4 * r["N"] / (rate * args.world)
+    tokens_per_query = r["real_tokens"] / r["queries"]
+    gpu_tps = mfu * args.project_tflops * 1e12 / (4 * r["N"])
+    step_s = SEED_QUERIES * tokens_per_query / (SEED_GPUS * gpu_tps)
+    steps = SEED_HOURS * 3600 / step_s
+    return (f"projection (fast, {r['queries']} queries): at {mfu:.1%} MFU on {SEED_GPUS} A100s of "
+            f"{args.project_tflops:g} TFLOP/s bf16 each (assumed), {tokens_per_query:.0f} real tokens per "
+            f"query with its {1 + args.hard_negatives} documents: {SEED_GPUS * gpu_tps:,.0f} tokens/s, "
+            f"{step_s:.1f} s per {SEED_QUERIES:,}-query step, {steps:,.0f} steps "
+            f"({steps * SEED_QUERIES / 1e6:.2f} M queries) in the seed's {SEED_HOURS} hours")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=list(SHAPES), default="small")
@@ -275,6 +301,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--sync-debug", action="store_true", help="GPU: list the step's host synchronisations")
+    p.add_argument("--project-tflops", type=float, default=250.0,
+                   help="bf16 matrix-multiply rate of one A100 for the projection (TFLOP/s; default: 80%% of "
+                        "its 312 peak, the share of peak a large bf16 product reaches on an H200)")
+    p.add_argument("--json", help="also write the results (rows, rate, device, arguments) to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -294,8 +324,16 @@ def main() -> None:
             print(json.dumps(result), flush=True)
         return
     rate, device = matmul_rate(args.dtype)
-    results = [launch(args, mode, int(q)) for q in args.queries.split(",") for mode in args.modes.split(",")]
+    results = []
+    for q in args.queries.split(","):
+        for mode in args.modes.split(","):
+            results.append(launch(args, mode, int(q)))
+            print(f"# {mode} @ {q} queries: {json.dumps(results[-1])}", flush=True)  # kept if a later one dies
     print(table(results, rate, device, args))
+    print(projection(results, rate, args))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device, "matmul_flops": rate, "args": vars(args),
+                                               "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import inspect
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -115,10 +116,13 @@ def _varlen_attention(q, k, v, segments: Segments, causal: bool, scale: float | 
         flash = _flash_attn_varlen()
         if flash is not None:
             return flash(q, k, v, cu, cu, L, L, dropout_p=dropout, softmax_scale=scale, causal=causal)
-        kwargs = _torch_varlen_kwargs(causal, scale, q.size(1) != k.size(1))
-        if kwargs is not None and not dropout:  # PyTorch's varlen kernel has no dropout
+        plan = _torch_varlen_kwargs(causal, scale, q.size(1) != k.size(1), q.size(-1))
+        if plan is not None and not dropout:  # PyTorch's varlen kernel has no dropout
             from torch.nn.attention.varlen import varlen_attn
 
+            kwargs, expand = plan
+            if expand:
+                k, v = repeat_kv_heads(k, q.size(1)), repeat_kv_heads(v, q.size(1))
             return varlen_attn(q, k, v, cu, cu, L, L, **kwargs)
     return _padded_attention(q, k, v, segments, causal, scale, dropout)
 
@@ -168,9 +172,12 @@ def _torch_varlen_params() -> frozenset:
     return frozenset(inspect.signature(varlen_attn).parameters)
 
 
-def _torch_varlen_kwargs(causal: bool, scale: float | None, gqa: bool) -> dict | None:
-    """Keyword arguments for PyTorch's ``varlen_attn``, or None where this torch lacks it or what the
-    call needs (its signature changed between releases: ``is_causal`` became ``window_size``)."""
+def _torch_varlen_kwargs(causal: bool, scale: float | None, gqa: bool,
+                         head_dim: int) -> tuple[dict, bool] | None:
+    """(keyword arguments for PyTorch's ``varlen_attn``, whether K/V heads must first be repeated to
+    the query's count), or None where this torch lacks the kernel or what the call needs. Its
+    signature changed between releases: 2.10 has ``is_causal`` and no ``scale``, 2.11 ``scale`` and
+    ``window_size`` instead, 2.12 added ``enable_gqa``."""
     params = _torch_varlen_params()
     if "window_size" in params:
         kwargs = {"window_size": (-1, 0) if causal else (-1, -1)}
@@ -178,15 +185,20 @@ def _torch_varlen_kwargs(causal: bool, scale: float | None, gqa: bool) -> dict |
         kwargs = {"is_causal": causal}
     else:
         return None
-    if scale is not None:
-        if "scale" not in params:
-            return None
+    if scale is not None and "scale" in params:
         kwargs["scale"] = scale
-    if gqa:
-        if "enable_gqa" not in params:
-            return None
+    elif scale is not None and not math.isclose(scale, head_dim ** -0.5, rel_tol=1e-6):
+        return None  # a non-default scale this kernel cannot take
+    expand = gqa and "enable_gqa" not in params
+    if gqa and not expand:
         kwargs["enable_gqa"] = True
-    return kwargs
+    return kwargs, expand
+
+
+def repeat_kv_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[T, h_kv, D] -> [T, heads, D], each K/V head serving the ``heads // h_kv`` query heads next to
+    each other (transformers' ``repeat_kv`` grouping), for kernels without grouped-query attention."""
+    return x.repeat_interleave(heads // x.size(1), dim=1)
 
 
 def _register_packed_attention() -> None:

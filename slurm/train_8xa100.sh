@@ -6,7 +6,8 @@
 #
 # Global batch arithmetic (printed again at start): data.global_batch_size queries per optimizer
 # step are split over the 8 ranks -- 2,048 = 256 per rank x 8 -- and each rank embeds its 256
-# queries and 256 x (1 + hard_negatives) documents in GradCache chunks of gradcache.chunk_size.
+# queries and 256 x (1 + hard_negatives) documents in GradCache chunks (gradcache.chunk_tokens real
+# tokens each with packing on, as in configs/sfr_mistral_7b.yaml; else gradcache.chunk_size sequences).
 # The same config gives the same model on 1, 8 or 64 GPUs.
 #
 # Why srun and not torchrun/deepspeed inside the job: Slurm then owns every rank, so its signals

@@ -6,7 +6,8 @@
 #
 # Global batch arithmetic (printed again at start): data.global_batch_size queries per optimizer
 # step are split over N x 8 ranks -- 2,048 = 64 per rank x 32 on 4 nodes -- and each rank embeds its
-# queries and their (1 + hard_negatives) documents each in GradCache chunks of gradcache.chunk_size.
+# queries and their (1 + hard_negatives) documents each in GradCache chunks (gradcache.chunk_tokens
+# real tokens each with packing on, as in configs/sfr_mistral_7b.yaml; else gradcache.chunk_size sequences).
 # The same config gives the same model on 1, 8 or 64 GPUs.
 #
 # Why srun and not torchrun/deepspeed inside the job: Slurm then owns every rank, so its signals

@@ -39,6 +39,8 @@ def test_sfr_recipe_config_matches_the_seed():
     assert (cfg.data.query_max_len, cfg.data.doc_max_len) == (128, 256)
     assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.lora.r) == (1e-5, 100, 8)
     assert cfg.model.name_or_path == "intfloat/e5-mistral-7b-instruct" and cfg.data.homogeneous
+    # the fast path (benchmarks/train_step.py): packed chunks, no recomputation inside a chunk
+    assert cfg.gradcache.packing and not cfg.model.gradient_checkpointing
 
 
 def test_deepspeed_json_must_agree(tmp_path):

@@ -143,3 +143,89 @@ def test_gradcache_with_packing_equals_plain_padded(tmp_path):
     for step in (1, 2, 3):
         assert set(packed[step]) == set(plain[step])
         assert rel_diff(plain[step], packed[step]) <= REL, f"step {step}: {rel_diff(plain[step], packed[step]):.2e}"
+
+
+# ----------------------------------------------------------------------------- GPU kernels
+
+# Keyword parameters of torch.nn.attention.varlen.varlen_attn as released (read from the wheels).
+VARLEN_SIGNATURES = {
+    "2.10": {"is_causal", "return_aux"},
+    "2.11": {"return_aux", "scale", "window_size"},
+    "2.12": {"return_aux", "scale", "window_size", "enable_gqa", "seqused_k", "block_table", "num_splits"},
+}
+
+
+@pytest.mark.parametrize("release", list(VARLEN_SIGNATURES))
+def test_torch_varlen_call_fits_each_release(release, monkeypatch):
+    from sfr_ds import model
+
+    params = VARLEN_SIGNATURES[release]
+    monkeypatch.setattr(model, "_torch_varlen_params", lambda: frozenset(params))
+    causal = lambda kw: kw.get("is_causal", kw.get("window_size") == (-1, 0))  # noqa: E731
+    kwargs, expand = model._torch_varlen_kwargs(causal=True, scale=128 ** -0.5, gqa=True, head_dim=128)
+    assert set(kwargs) <= params and causal(kwargs) is True
+    assert kwargs.get("scale", 128 ** -0.5) == 128 ** -0.5  # the default scale may go unsaid
+    # a kernel without grouped-query attention gets K/V repeated to the query's heads
+    assert expand == ("enable_gqa" not in params)
+    kwargs, expand = model._torch_varlen_kwargs(causal=False, scale=None, gqa=False, head_dim=128)
+    assert not expand and causal(kwargs) is False
+    # a scale the kernel cannot take sends the call elsewhere rather than being dropped
+    other = model._torch_varlen_kwargs(causal=True, scale=0.5, gqa=False, head_dim=128)
+    assert (other is None) == ("scale" not in params)
+
+
+def test_repeated_kv_heads_equal_grouped_query_attention():
+    from sfr_ds.model import repeat_kv_heads
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(10, 8, 16), torch.randn(10, 2, 16), torch.randn(10, 2, 16)  # [T, heads, D]
+    as_sdpa = lambda x: x.transpose(0, 1)[None]  # noqa: E731  -> [1, heads, T, D]
+    grouped = torch.nn.functional.scaled_dot_product_attention(
+        as_sdpa(q), as_sdpa(k), as_sdpa(v), is_causal=True, enable_gqa=True)
+    repeated = torch.nn.functional.scaled_dot_product_attention(
+        as_sdpa(q), as_sdpa(repeat_kv_heads(k, 8)), as_sdpa(repeat_kv_heads(v, 8)), is_causal=True)
+    assert (grouped - repeated).abs().max() <= 1e-6
+
+
+def bf16_errors(device: str, pooling_arch: str = "mistral") -> tuple[float, float, float, float]:
+    """Max |embedding - fp32 padded| and relative LoRA-gradient error, packed and padded, in bf16."""
+    arch, pooling = ARCHS[pooling_arch]
+    arch = dict(arch, hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2)
+    padded, packed = embedders(arch, pooling)
+    tok = load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
+    tokens = tokenize(tok, texts(), max_len=96, append_eos=pooling == "last")
+    weight = torch.randn(len(tokens), 256, device=device)
+    results = {}
+    for name, model, batch in (("ref", padded, tokens), ("padded", padded, tokens),
+                               ("packed", packed, tokens.pack(list(range(len(tokens)))))):
+        model = model.to(device, torch.float32 if name == "ref" else torch.bfloat16)
+        model.zero_grad()
+        emb = model(**vars(batch.to(device)))
+        (emb * weight).sum().backward()
+        results[name] = emb.detach().float(), lora_grads(model).float()
+    (e_ref, g_ref) = results["ref"]
+    emb_err = {n: float((results[n][0] - e_ref).abs().max()) for n in ("padded", "packed")}
+    grad_err = {n: float((results[n][1] - g_ref).norm() / g_ref.norm()) for n in ("padded", "packed")}
+    return emb_err["padded"], emb_err["packed"], grad_err["padded"], grad_err["packed"]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_packed_bf16_is_as_accurate_as_padded_bf16(device, monkeypatch):
+    """In bf16 neither layout is exact; packed must be no further from fp32 than padded is. On a GPU
+    the packed path must use a variable-length kernel (flash-attn's or PyTorch's), not the grid."""
+    from sfr_ds import model
+
+    if device == "cuda":
+        plan = model._torch_varlen_kwargs(True, None, True, 64)
+        assert model._flash_attn_varlen() is not None or plan is not None, \
+            f"torch {torch.__version__} has no varlen kernel sfr-ds can call"
+
+        def no_grid(*args, **kwargs):
+            raise AssertionError("packed attention fell back to the padded grid on a GPU")
+        monkeypatch.setattr(model, "_padded_attention", no_grid)
+    torch.manual_seed(0)
+    pad_emb, pack_emb, pad_grad, pack_grad = bf16_errors(device)
+    assert pad_emb > 0 and pad_grad > 0  # bf16 really differs from fp32
+    assert pack_emb <= 2 * pad_emb + 1e-3, (pack_emb, pad_emb)
+    assert pack_grad <= 2 * pad_grad + 1e-2, (pack_grad, pad_grad)

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU checks of the training step, prepared to run as few calls of the device tool as possible.
+#
+# Here, once (wheels for what the GPU image lacks, into the git-ignored .whl/):
+#   bash tools/device_wheels.sh
+# There, from the repository root (device tool: command "bash benchmarks/gpu_check.sh", carry [".whl"],
+# timeout_s 590); PARTS picks what runs, in this order:
+#   exact     packed vs padded in bf16 on the GPU through the varlen kernel (tests/test_packing.py)
+#   speed     Mistral-7B shape, 256 queries: baseline vs fast, MFU, host synchronisations listed
+#   mem2048   fast, 2,048 queries per step: peak memory (one step, no warm-up)
+#   mem8192   fast, 8,192 queries per step: peak memory (one step, no warm-up; the longest part)
+# Default PARTS=exact,speed,mem2048; then a second call with PARTS=mem8192. Each part has its own
+# time limit and writes its log (and the benchmark's JSON) to $OUT as it goes, so a part that runs
+# out of time still leaves the others' figures. Estimates at the target rate (~12k tokens/s):
+# exact ~1 min, speed ~3-4 min, mem2048 ~2 min, mem8192 ~5-6 min. SHAPE=tiny and WHEELS=DIR rehearse
+# the script on a CPU machine (in a venv that, like the GPU image, lacks deepspeed and pydantic).
+set -uo pipefail
+out=${OUT:-/tmp/gpu_check}
+mkdir -p "$out"
+parts=${PARTS:-exact,speed,mem2048}
+shape=${SHAPE:-mistral-7b}
+wheels=${WHEELS:-.whl}
+start=$SECONDS
+stamp() { echo "[$((SECONDS - start)) s] $*" | tee -a "$out/timeline.txt"; }
+
+if [ -d "$wheels" ] && ! python3 -c "import deepspeed" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$wheels"/*.whl || exit 1
+fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+  TOKENIZERS_PARALLELISM=false
+unset DS_ACCELERATOR
+stamp "installed"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, transformers, peft, deepspeed; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'peft', peft.__version__, 'deepspeed', deepspeed.__version__)"
+  python3 -c "import importlib.util as u; print('flash_attn installed:', u.find_spec('flash_attn') is not None)"
+} 2>&1 | tee "$out/env.txt"
+
+bench() {  # NAME LIMIT_S ARGS...: one benchmark run, its table and JSON in $out
+  local name=$1 limit=$2
+  shift 2
+  stamp "$name: start"
+  timeout "$limit" python3 benchmarks/train_step.py --shape "$shape" --json "$out/$name.json" "$@" 2>&1 \
+    | tee "$out/$name.txt"
+  stamp "$name: exit ${PIPESTATUS[0]}"
+}
+
+for part in ${parts//,/ }; do
+  case $part in
+    exact)
+      stamp "exact: start"
+      timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_packing.py \
+        -k "bf16 or release or repeated or packed_equals_padded" 2>&1 | tee "$out/exact.txt"
+      stamp "exact: exit ${PIPESTATUS[0]}" ;;
+    speed) bench speed 330 --queries 256 --modes baseline,fast --steps 1 --warmup 1 --sync-debug ;;
+    mem2048) bench mem2048 240 --queries 2048 --modes fast --steps 1 --warmup 0 ;;
+    mem8192) bench mem8192 560 --queries 8192 --modes fast --steps 1 --warmup 0 ;;
+    *) echo "unknown part '$part' (exact, speed, mem2048, mem8192)"; exit 2 ;;
+  esac
+done
+stamp "done"
