@@ -7,14 +7,17 @@ Llama; causal) and an encoder (BERT; bidirectional) are packed exactly, no paddi
 import json
 import math
 import random
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import ROOT, TINY, torchrun_worker
 from sfr_ds.config import ConfigError, LoraConfig, ModelConfig, load_config
 from sfr_ds.data.collate import tokenize
-from sfr_ds.gradcache import loss_and_grads, token_budget_chunks
+from sfr_ds.gradcache import gradcache_backward, loss_and_grads, token_budget_chunks
 from sfr_ds.model import build_embedder, load_tokenizer
 from sfr_ds.train import infonce
 
@@ -229,3 +232,79 @@ def test_packed_bf16_is_as_accurate_as_padded_bf16(device, monkeypatch):
     assert pad_emb > 0 and pad_grad > 0  # bf16 really differs from fp32
     assert pack_emb <= 2 * pad_emb + 1e-3, (pack_emb, pad_emb)
     assert pack_grad <= 2 * pad_grad + 1e-2, (pack_grad, pad_grad)
+
+
+# ----------------------------------------------------------------------------- host synchronisation
+
+class HostReads(TorchDispatchMode):
+    """Records every op that hands a tensor's value to Python (on a GPU: the host waits for the
+    device), with the innermost sfr-ds / transformers / peft / test function that asked for it:
+    ``.item()``, ``bool()``/``float()`` of a tensor, ``nonzero``, boolean-mask selection, ``equal``,
+    ``unique``. (``.tolist()`` reads no op, and on a CPU-only machine ``.cpu()`` is no copy; on a
+    GPU ``benchmarks/train_step.py --sync-debug`` lists every synchronisation.)"""
+
+    READS = {torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero, torch.ops.aten.is_nonzero,
+             torch.ops.aten.masked_select, torch.ops.aten.equal, torch.ops.aten._unique2}
+    OURS = ("/sfr_ds/", "/transformers/", "/peft/", "/tests/")
+
+    def __init__(self):
+        super().__init__()
+        self.where: set[tuple[str, str]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in self.READS:
+            frames = [f for f in traceback.extract_stack()[:-1] if any(s in f.filename for s in self.OURS)]
+            self.where.add((Path(frames[-1].filename).name, frames[-1].name) if frames else ("?", "?"))
+        return func(*args, **(kwargs or {}))
+
+
+class PlainEngine:
+    """What gradcache_backward needs of a DeepSpeed engine, with nothing of DeepSpeed's own."""
+
+    def __init__(self, module):
+        self.module, self.device = module, torch.device("cpu")
+
+    def __call__(self, **batch):
+        return self.module(**batch)
+
+    def backward(self, loss):
+        loss.backward()
+
+    def set_gradient_accumulation_boundary(self, last: bool):
+        pass
+
+
+def host_reads_of_a_step(name: str, packing: bool) -> set[tuple[str, str]]:
+    arch, pooling = ARCHS[name]
+    padded, packed = embedders(arch, pooling)
+    tok = load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
+    queries = tokenize(tok, texts()[:6], 64, pooling == "last")
+    docs = tokenize(tok, texts()[4:16], 64, pooling == "last")
+    loss_fn = infonce(torch.arange(6) * 2, torch.ones(6, 12, dtype=torch.bool), 0.05)
+
+    def gate(loss):
+        return math.isfinite(float(loss))
+
+    reads = HostReads()
+    with reads:
+        gradcache_backward(PlainEngine(packed if packing else padded), queries, docs, loss_fn, chunk_size=4,
+                           gate=gate, chunk_tokens=128 if packing else None)
+    return reads.where
+
+
+@pytest.mark.parametrize("name", ["mistral", "bert"])
+def test_packed_step_reads_no_device_value_but_the_gates(name):
+    """Packed GradCache (forward, blockwise loss, chunked backward) reads nothing back from the
+    device except through the gate, the step's one planned synchronisation; packing itself reads
+    only the host's token tensors."""
+    where = host_reads_of_a_step(name, packing=True)
+    allowed = {("test_packing.py", "gate"), ("collate.py", "pack")}
+    assert ("test_packing.py", "gate") in where  # the probe sees the gate's read
+    assert where <= allowed, f"host reads outside the gate: {sorted(where - allowed)}"
+
+
+def test_padded_step_reads_the_mask_in_every_forward():
+    """The control: the probe sees reads inside a model's forward. Padded, transformers checks
+    whether the mask can be skipped (``padding_mask.all()``), a synchronisation per chunk on a GPU
+    that packed inputs, which carry no mask, do not have."""
+    assert ("masking_utils.py", "_ignore_causal_mask_sdpa") in host_reads_of_a_step("mistral", packing=False)
