@@ -190,12 +190,20 @@ def run_mode(args, mode: str, queries: int) -> dict:
     dist.barrier()
     seconds = min(one_step(args.warmup + s) for s in range(args.steps))  # the least disturbed one
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
+    reads = None
+    if args.host_reads:  # one more step, untimed, under the probe
+        from sfr_ds.host_reads import HostReads
+
+        with HostReads() as probe:
+            one_step(args.warmup + args.steps)
+        reads = probe.report()
     rows = dist.all_gather_object({"real": real, "computed": computed, "seconds": seconds, "peak": peak,
                                    "chunks": len(q_chunks) + len(d_chunks)})
     dist.cleanup()
     return {"mode": mode, "queries": queries, "N": N, "chunks": rows[0]["chunks"],
             "real_tokens": sum(r["real"] for r in rows), "computed_tokens": sum(r["computed"] for r in rows),
-            "seconds": max(r["seconds"] for r in rows), "peak_bytes": max(r["peak"] for r in rows)}
+            "seconds": max(r["seconds"] for r in rows), "peak_bytes": max(r["peak"] for r in rows),
+            "host_reads": reads}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -239,7 +247,10 @@ def launch(args, mode: str, queries: int) -> dict:
     if args.sync_debug:
         print(f"--- {mode} @ {queries}: synchronisations\n" + "\n".join(
             line for line in out.stderr.splitlines() if "synchroniz" in line.lower()))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["host_reads"] is not None:
+        print(f"--- {mode} @ {queries}: host reads of tensor values in one step (rank 0)\n{result['host_reads']}")
+    return result
 
 
 def table(results: list[dict], rate: float, device: str, args) -> str:
@@ -301,6 +312,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--sync-debug", action="store_true", help="GPU: list the step's host synchronisations")
+    p.add_argument("--host-reads", action="store_true",
+                   help="list where one extra (untimed) step reads tensor values into Python (any device)")
     p.add_argument("--project-tflops", type=float, default=250.0,
                    help="bf16 matrix-multiply rate of one A100 for the projection (TFLOP/s; default: 80%% of "
                         "its 312 peak, the share of peak a large bf16 product reaches on an H200)")

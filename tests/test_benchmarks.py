@@ -27,7 +27,8 @@ def test_mistral_7b_shape_has_mistral_7b_parameter_count():
 def test_train_step_benchmark_runs_both_modes_on_the_same_tokens(tmp_path):
     out = tmp_path / "bench.json"
     p = run([sys.executable, str(ROOT / "benchmarks/train_step.py"), "--shape", "tiny", "--queries", "8",
-             "--steps", "1", "--warmup", "0", "--threads", "1", "--chunk-size", "8", "--json", str(out)])
+             "--steps", "1", "--warmup", "0", "--threads", "1", "--chunk-size", "8", "--host-reads",
+             "--json", str(out)])
     rows = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
     base, fast = rows["baseline"], rows["fast"]
     assert base["real_tokens"] == fast["real_tokens"] > 8 * 9  # the same 8 x 9 sequences
@@ -35,3 +36,9 @@ def test_train_step_benchmark_runs_both_modes_on_the_same_tokens(tmp_path):
     assert base["computed_tokens"] > base["real_tokens"]  # padded to each chunk's longest
     assert base["chunks"] == 1 + 8  # 8 queries, then 64 documents, in runs of 8
     assert "| 8 | fast |" in p.stdout and "projection (fast, 8 queries)" in p.stdout
+    # the whole step through DeepSpeed: the packed path reads device values only at the gate
+    # (sfr_ds/train.py), the gradient norm (engine.py, DeepSpeed) and in host-side packing
+    fast_reads = fast["host_reads"].splitlines()
+    assert fast_reads and not [r for r in fast_reads if any(
+        where in r for where in ("gradcache.py", "model.py", "transformers/", "peft/"))], fast["host_reads"]
+    assert "transformers/masking_utils.py" in base["host_reads"]  # padded: a mask check per forward

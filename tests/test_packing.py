@@ -7,17 +7,15 @@ Llama; causal) and an encoder (BERT; bidirectional) are packed exactly, no paddi
 import json
 import math
 import random
-import traceback
-from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import ROOT, TINY, torchrun_worker
 from sfr_ds.config import ConfigError, LoraConfig, ModelConfig, load_config
 from sfr_ds.data.collate import tokenize
 from sfr_ds.gradcache import gradcache_backward, loss_and_grads, token_budget_chunks
+from sfr_ds.host_reads import HostReads
 from sfr_ds.model import build_embedder, load_tokenizer
 from sfr_ds.train import infonce
 
@@ -236,28 +234,6 @@ def test_packed_bf16_is_as_accurate_as_padded_bf16(device, monkeypatch):
 
 # ----------------------------------------------------------------------------- host synchronisation
 
-class HostReads(TorchDispatchMode):
-    """Records every op that hands a tensor's value to Python (on a GPU: the host waits for the
-    device), with the innermost sfr-ds / transformers / peft / test function that asked for it:
-    ``.item()``, ``bool()``/``float()`` of a tensor, ``nonzero``, boolean-mask selection, ``equal``,
-    ``unique``. (``.tolist()`` reads no op, and on a CPU-only machine ``.cpu()`` is no copy; on a
-    GPU ``benchmarks/train_step.py --sync-debug`` lists every synchronisation.)"""
-
-    READS = {torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero, torch.ops.aten.is_nonzero,
-             torch.ops.aten.masked_select, torch.ops.aten.equal, torch.ops.aten._unique2}
-    OURS = ("/sfr_ds/", "/transformers/", "/peft/", "/tests/")
-
-    def __init__(self):
-        super().__init__()
-        self.where: set[tuple[str, str]] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in self.READS:
-            frames = [f for f in traceback.extract_stack()[:-1] if any(s in f.filename for s in self.OURS)]
-            self.where.add((Path(frames[-1].filename).name, frames[-1].name) if frames else ("?", "?"))
-        return func(*args, **(kwargs or {}))
-
-
 class PlainEngine:
     """What gradcache_backward needs of a DeepSpeed engine, with nothing of DeepSpeed's own."""
 
@@ -289,7 +265,7 @@ def host_reads_of_a_step(name: str, packing: bool) -> set[tuple[str, str]]:
     with reads:
         gradcache_backward(PlainEngine(packed if packing else padded), queries, docs, loss_fn, chunk_size=4,
                            gate=gate, chunk_tokens=128 if packing else None)
-    return reads.where
+    return reads.functions()
 
 
 @pytest.mark.parametrize("name", ["mistral", "bert"])
