@@ -188,25 +188,25 @@ def test_repeated_kv_heads_equal_grouped_query_attention():
     assert (grouped - repeated).abs().max() <= 1e-6
 
 
-def bf16_errors(device: str, pooling_arch: str = "mistral") -> tuple[float, float, float, float]:
+def bf16_errors(device: str, name: str = "mistral") -> tuple[float, float, float, float]:
     """Max |embedding - fp32 padded| and relative LoRA-gradient error, packed and padded, in bf16."""
-    arch, pooling = ARCHS[pooling_arch]
+    arch, pooling = ARCHS[name]
     arch = dict(arch, hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2)
     padded, packed = embedders(arch, pooling)
     tok = load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
     tokens = tokenize(tok, texts(), max_len=96, append_eos=pooling == "last")
     weight = torch.randn(len(tokens), 256, device=device)
     results = {}
-    for name, model, batch in (("ref", padded, tokens), ("padded", padded, tokens),
+    for kind, model, batch in (("ref", padded, tokens), ("padded", padded, tokens),
                                ("packed", packed, tokens.pack(list(range(len(tokens)))))):
-        model = model.to(device, torch.float32 if name == "ref" else torch.bfloat16)
+        model = model.to(device, torch.float32 if kind == "ref" else torch.bfloat16)
         model.zero_grad()
         emb = model(**vars(batch.to(device)))
         (emb * weight).sum().backward()
-        results[name] = emb.detach().float(), lora_grads(model).float()
+        results[kind] = emb.detach().float(), lora_grads(model).float()
     (e_ref, g_ref) = results["ref"]
-    emb_err = {n: float((results[n][0] - e_ref).abs().max()) for n in ("padded", "packed")}
-    grad_err = {n: float((results[n][1] - g_ref).norm() / g_ref.norm()) for n in ("padded", "packed")}
+    emb_err = {k: float((results[k][0] - e_ref).abs().max()) for k in ("padded", "packed")}
+    grad_err = {k: float((results[k][1] - g_ref).norm() / g_ref.norm()) for k in ("padded", "packed")}
     return emb_err["padded"], emb_err["packed"], grad_err["padded"], grad_err["packed"]
 
 
@@ -269,7 +269,7 @@ def host_reads_of_a_step(name: str, packing: bool) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("name", ["mistral", "bert"])
-def test_packed_step_reads_no_device_value_but_the_gates(name):
+def test_packed_step_reads_no_device_value_but_the_gate(name):
     """Packed GradCache (forward, blockwise loss, chunked backward) reads nothing back from the
     device except through the gate, the step's one planned synchronisation; packing itself reads
     only the host's token tensors."""
