@@ -4,14 +4,16 @@
 # Here, once (wheels for what the GPU image lacks, into the git-ignored .whl/):
 #   bash tools/device_wheels.sh
 # There, from the repository root (device tool: command "bash benchmarks/gpu_check.sh", carry [".whl"],
-# timeout_s 590); PARTS picks what runs, in this order:
-#   exact     packed vs padded in bf16 on the GPU through the varlen kernel (tests/test_packing.py)
+# timeout_s 590); PARTS (comma-separated, run in the order given) picks from:
+#   exact     packed vs padded in bf16 on the GPU through the varlen kernel, GradCache replay with
+#             dropout reproducing the cache pass (tests/test_packing.py)
 #   speed     Mistral-7B shape, 256 queries: baseline vs fast, MFU, host synchronisations listed
 #   mem2048   fast, 2,048 queries per step: peak memory (one step, no warm-up)
 #   mem8192   fast, 8,192 queries per step: peak memory (one step, no warm-up; the longest part)
 # Default PARTS=exact,speed,mem2048; then a second call with PARTS=mem8192. Each part has its own
-# time limit and writes its log (and the benchmark's JSON) to $OUT as it goes, so a part that runs
-# out of time still leaves the others' figures. Estimates at the target rate (~12k tokens/s):
+# time limit, cut to what is left of BUDGET seconds (default 570, inside the call's 590), and
+# writes its log (and the benchmark's JSON) to $OUT as it goes, so a part that runs out of time
+# still leaves the others' figures. Estimates at the target rate (~12k tokens/s):
 # exact ~1 min, speed ~3-4 min, mem2048 ~2 min, mem8192 ~5-6 min. SHAPE=tiny and WHEELS=DIR rehearse
 # the script on a CPU machine (in a venv that, like the GPU image, lacks deepspeed and pydantic).
 set -uo pipefail
@@ -20,8 +22,13 @@ mkdir -p "$out"
 parts=${PARTS:-exact,speed,mem2048}
 shape=${SHAPE:-mistral-7b}
 wheels=${WHEELS:-.whl}
+budget=${BUDGET:-570}
 start=$SECONDS
 stamp() { echo "[$((SECONDS - start)) s] $*" | tee -a "$out/timeline.txt"; }
+limit() {  # CAP: the part's cap, or what is left of the budget if less
+  local left=$((budget - (SECONDS - start)))
+  echo $((left < $1 ? left : $1))
+}
 
 if [ -d "$wheels" ] && ! python3 -c "import deepspeed" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -38,11 +45,13 @@ stamp "installed"
   python3 -c "import importlib.util as u; print('flash_attn installed:', u.find_spec('flash_attn') is not None)"
 } 2>&1 | tee "$out/env.txt"
 
-bench() {  # NAME LIMIT_S ARGS...: one benchmark run, its table and JSON in $out
-  local name=$1 limit=$2
+bench() {  # NAME CAP_S ARGS...: one benchmark run, its table and JSON in $out
+  local name=$1 cap
+  cap=$(limit "$2")
   shift 2
-  stamp "$name: start"
-  timeout "$limit" python3 benchmarks/train_step.py --shape "$shape" --json "$out/$name.json" "$@" 2>&1 \
+  if [ "$cap" -lt 30 ]; then stamp "$name: skipped, ${cap} s of the budget left"; return; fi
+  stamp "$name: start (limit ${cap} s)"
+  timeout "$cap" python3 benchmarks/train_step.py --shape "$shape" --json "$out/$name.json" "$@" 2>&1 \
     | tee "$out/$name.txt"
   stamp "$name: exit ${PIPESTATUS[0]}"
 }
@@ -51,8 +60,8 @@ for part in ${parts//,/ }; do
   case $part in
     exact)
       stamp "exact: start"
-      timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_packing.py \
-        -k "bf16 or release or repeated or packed_equals_padded" 2>&1 | tee "$out/exact.txt"
+      timeout "$(limit 240)" python3 -m pytest -q -p no:cacheprovider tests/test_packing.py \
+        -k "bf16 or release or repeated or packed_equals_padded or replay_reproduces" 2>&1 | tee "$out/exact.txt"
       stamp "exact: exit ${PIPESTATUS[0]}" ;;
     speed) bench speed 330 --queries 256 --modes baseline,fast --steps 1 --warmup 1 --sync-debug ;;
     mem2048) bench mem2048 240 --queries 2048 --modes fast --steps 1 --warmup 0 ;;

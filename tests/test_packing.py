@@ -237,8 +237,8 @@ def test_packed_bf16_is_as_accurate_as_padded_bf16(device, monkeypatch):
 class PlainEngine:
     """What gradcache_backward needs of a DeepSpeed engine, with nothing of DeepSpeed's own."""
 
-    def __init__(self, module):
-        self.module, self.device = module, torch.device("cpu")
+    def __init__(self, module, device: str = "cpu"):
+        self.module, self.device = module, torch.device(device)
 
     def __call__(self, **batch):
         return self.module(**batch)
@@ -284,3 +284,26 @@ def test_padded_step_reads_the_mask_in_every_forward():
     whether the mask can be skipped (``padding_mask.all()``), a synchronisation per chunk on a GPU
     that packed inputs, which carry no mask, do not have."""
     assert ("masking_utils.py", "_ignore_causal_mask_sdpa") in host_reads_of_a_step("mistral", packing=False)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_gradcache_replay_reproduces_the_cache_pass_with_dropout(device):
+    """GradCache's re-forward must give the very embeddings the loss saw: LoRA dropout replayed from
+    the saved RNG state, and (on a GPU, in bf16) a deterministic varlen kernel."""
+    arch, pooling = ARCHS["mistral"]
+    cfg = ModelConfig(name_or_path="tiny", random_init=arch, pooling=pooling, dtype="fp32")
+    torch.manual_seed(0)
+    model = build_embedder(cfg, LoraConfig(dropout=0.1), packed=True)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero, which would hide the dropout masks
+            p.data.normal_(0, 0.05)
+    model = model.to(device, torch.bfloat16 if device == "cuda" else torch.float32)
+    tok = load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
+    queries, docs = tokenize(tok, texts()[:6], 64, True), tokenize(tok, texts()[4:16], 64, True)
+    loss_fn = infonce(torch.arange(6, device=device) * 2, torch.ones(6, 12, dtype=torch.bool), 0.05)
+    # check_replay asserts each re-embedded chunk equals its cached embedding (to 1e-5)
+    loss = gradcache_backward(PlainEngine(model, device), queries, docs, loss_fn, chunk_size=4,
+                              check_replay=True, chunk_tokens=128)
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0
+                                        for p in model.parameters() if p.requires_grad)
