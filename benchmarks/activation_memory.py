@@ -2,13 +2,14 @@
 
 GradCache keeps one chunk's autograd graph alive at a time, so ``gradcache.chunk_tokens`` x (bytes
 saved for backward per token) + the weights is what a GPU must hold. This counts those bytes
-exactly with autograd's saved-tensor hooks (each storage once) for a backbone of 1 and of 2 layers
-at the shape's full width, LoRA r=8 with dropout on every linear layer, packed sequences: the
-difference is one layer's bytes, and the whole model is the 1-layer run + (layers - 1) of them (the
-first layer saves less: nothing below it needs a gradient). Linear layers and LoRA save the same tensors on every device; attention's
-saved state differs slightly by kernel (here: whichever ``sfr_ds.model.packed_attention`` picks).
+exactly with autograd's saved-tensor hooks (each storage once, weights left out) for a backbone of
+1 and of 2 layers at the shape's full width, LoRA r=8 with dropout on every linear layer, packed
+sequences: the difference is one layer's bytes, and the whole model is the 1-layer run + (layers -
+1) of them (the first layer saves less: nothing below it needs a gradient). Devices differ in
+details: CPU dropout keeps its mask in the input's dtype where CUDA's keeps one byte, and
+attention's saved state depends on the kernel ``sfr_ds.model.packed_attention`` picks.
 
-    python benchmarks/activation_memory.py --shape mistral-7b --tokens 512      # ~2 min on 2 CPU cores
+    python benchmarks/activation_memory.py --shape mistral-7b --tokens 512      # 20 s on 2 CPU cores
 """
 from __future__ import annotations
 

@@ -7,19 +7,20 @@
 # timeout_s 590); PARTS (comma-separated, run in the order given) picks from:
 #   exact     packed vs padded in bf16 on the GPU through the varlen kernel, GradCache replay with
 #             dropout reproducing the cache pass (tests/test_packing.py)
+#   act       saved activations per token of the packed forward at Mistral-7B's width (CUDA's own)
 #   speed     Mistral-7B shape, 256 queries: baseline vs fast, MFU, host synchronisations listed
 #   mem2048   fast, 2,048 queries per step: peak memory (one step, no warm-up)
 #   mem8192   fast, 8,192 queries per step: peak memory (one step, no warm-up; the longest part)
-# Default PARTS=exact,speed,mem2048; then a second call with PARTS=mem8192. Each part has its own
+# Default PARTS=exact,act,speed,mem2048; then a second call with PARTS=mem8192. Each part has its own
 # time limit, cut to what is left of BUDGET seconds (default 570, inside the call's 590), and
 # writes its log (and the benchmark's JSON) to $OUT as it goes, so a part that runs out of time
 # still leaves the others' figures. Estimates at the target rate (~12k tokens/s):
-# exact ~1 min, speed ~3-4 min, mem2048 ~2 min, mem8192 ~5-6 min. SHAPE=tiny and WHEELS=DIR rehearse
+# exact ~1 min, act ~1 min, speed ~3-4 min, mem2048 ~2 min, mem8192 ~5-6 min. SHAPE=tiny and WHEELS=DIR rehearse
 # the script on a CPU machine (in a venv that, like the GPU image, lacks deepspeed and pydantic).
 set -uo pipefail
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
-parts=${PARTS:-exact,speed,mem2048}
+parts=${PARTS:-exact,act,speed,mem2048}
 shape=${SHAPE:-mistral-7b}
 wheels=${WHEELS:-.whl}
 budget=${BUDGET:-570}
@@ -63,10 +64,15 @@ for part in ${parts//,/ }; do
       timeout "$(limit 240)" python3 -m pytest -q -p no:cacheprovider tests/test_packing.py \
         -k "bf16 or release or repeated or packed_equals_padded or replay_reproduces" 2>&1 | tee "$out/exact.txt"
       stamp "exact: exit ${PIPESTATUS[0]}" ;;
+    act)
+      stamp "act: start"
+      timeout "$(limit 120)" python3 benchmarks/activation_memory.py --shape "$shape" --tokens 2048 2>&1 \
+        | tee "$out/act.txt"
+      stamp "act: exit ${PIPESTATUS[0]}" ;;
     speed) bench speed 330 --queries 256 --modes baseline,fast --steps 1 --warmup 1 --sync-debug ;;
     mem2048) bench mem2048 240 --queries 2048 --modes fast --steps 1 --warmup 0 ;;
     mem8192) bench mem8192 560 --queries 8192 --modes fast --steps 1 --warmup 0 ;;
-    *) echo "unknown part '$part' (exact, speed, mem2048, mem8192)"; exit 2 ;;
+    *) echo "unknown part '$part' (exact, act, speed, mem2048, mem8192)"; exit 2 ;;
   esac
 done
 stamp "done"
