@@ -14,8 +14,8 @@
 # Default PARTS=exact,act,speed,mem2048; then a second call with PARTS=mem8192. Each part has its own
 # time limit, cut to what is left of BUDGET seconds (default 570, inside the call's 590), and
 # writes its log (and the benchmark's JSON) to $OUT as it goes, so a part that runs out of time
-# still leaves the others' figures. Estimates at the target rate (~12k tokens/s):
-# exact ~1 min, act ~1 min, speed ~3-4 min, mem2048 ~2 min, mem8192 ~5-6 min. SHAPE=tiny and WHEELS=DIR rehearse
+# still leaves the others' figures. Estimates at the target rate (~12k tokens/s): exact ~1 min,
+# act ~1 min, speed ~3-4 min, mem2048 ~2 min, mem8192 ~5-6 min. SHAPE=tiny and WHEELS=DIR rehearse
 # the script on a CPU machine (in a venv that, like the GPU image, lacks deepspeed and pydantic).
 set -uo pipefail
 out=${OUT:-/tmp/gpu_check}

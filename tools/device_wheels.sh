@@ -4,7 +4,7 @@
 # The GPU image seen so far has torch 2.11, transformers 5.17, accelerate, einops, ninja, msgpack,
 # py-cpuinfo, psutil, tokenizers 0.23, huggingface_hub 1.33 and typer, but no deepspeed, hjson or
 # pydantic. This fetches those, and transformers/peft at the versions this project is tested with,
-# for CPython 3.12 on x86-64 Linux, into .whl/ (git-ignored; about 18 MB). deepspeed has no wheel on
+# for CPython 3.12 on x86-64 Linux, into .whl/ (git-ignored; 19 MB). deepspeed has no wheel on
 # PyPI: it is built here from its sdist with no ops compiled (pure Python; ops JIT-build on demand,
 # and sfr-ds needs none: it passes a torch AdamW).
 #
