@@ -39,14 +39,19 @@ def texts() -> list[str]:
     return [r["query"] for r in rows[:10]] + [r["pos"][0] for r in rows[:6]] + ["a", "b c"]
 
 
+def with_lora_b(model):
+    """peft starts LoRA B at zero, which hides the adapter (and its dropout) from every output."""
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    return model
+
+
 def embedders(arch: dict, pooling: str):
     """The same weights (LoRA B made non-zero so the adapter counts) as a padded and a packed model."""
     cfg = ModelConfig(name_or_path="tiny", random_init=arch, pooling=pooling, dtype="fp32")
     torch.manual_seed(0)
-    padded = build_embedder(cfg, LoraConfig(dropout=0.0))
-    for name, p in padded.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.05)
+    padded = with_lora_b(build_embedder(cfg, LoraConfig(dropout=0.0)))
     packed = build_embedder(cfg, LoraConfig(dropout=0.0), packed=True)
     packed.load_state_dict(padded.state_dict())
     return padded, packed
@@ -294,11 +299,8 @@ def test_gradcache_replay_reproduces_the_cache_pass_with_dropout(device):
     arch, pooling = ARCHS["mistral"]
     cfg = ModelConfig(name_or_path="tiny", random_init=arch, pooling=pooling, dtype="fp32")
     torch.manual_seed(0)
-    model = build_embedder(cfg, LoraConfig(dropout=0.1), packed=True)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # peft starts B at zero, which would hide the dropout masks
-            p.data.normal_(0, 0.05)
-    model = model.to(device, torch.bfloat16 if device == "cuda" else torch.float32)
+    model = with_lora_b(build_embedder(cfg, LoraConfig(dropout=0.1), packed=True)).to(
+        device, torch.bfloat16 if device == "cuda" else torch.float32)
     tok = load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
     queries, docs = tokenize(tok, texts()[:6], 64, True), tokenize(tok, texts()[4:16], 64, True)
     loss_fn = infonce(torch.arange(6, device=device) * 2, torch.ones(6, 12, dtype=torch.bool), 0.05)
