@@ -253,6 +253,11 @@ def launch(args, mode: str, queries: int) -> dict:
     return result
 
 
+def mfu(r: dict, rate: float, world: int) -> float:
+    """Model FLOPs utilisation: 4N FLOPs per real token over the measured matrix-multiply rate."""
+    return r["real_tokens"] / r["seconds"] * 4 * r["N"] / (rate * world)
+
+
 def table(results: list[dict], rate: float, device: str, args) -> str:
     base = {r["queries"]: r for r in results if r["mode"] == "baseline"}
     smallest = {r["mode"]: r for r in sorted(results, key=lambda r: -r["queries"])}
@@ -269,7 +274,7 @@ def table(results: list[dict], rate: float, device: str, args) -> str:
         growth = f"{r['peak_bytes'] / smallest[r['mode']]['peak_bytes']:.3f}x"
         lines.append(f"| {r['queries']} | {r['mode']} | {r['chunks']} | {r['real_tokens']:,} "
                      f"| {1 - r['real_tokens'] / r['computed_tokens']:.0%} | {r['seconds']:.2f} | {tps:,.0f} "
-                     f"| {tps * 4 * r['N'] / (rate * args.world):.1%} | {r['peak_bytes'] / 2 ** 30:.2f} GiB | {speed} | {growth} |")
+                     f"| {mfu(r, rate, args.world):.1%} | {r['peak_bytes'] / 2 ** 30:.2f} GiB | {speed} | {growth} |")
     return "\n".join(lines)
 
 
@@ -283,12 +288,12 @@ def projection(results: list[dict], rate: float, args) -> str:
     if not fast:
         return ""
     r = max(fast, key=lambda r: r["queries"])
-    mfu = r["real_tokens"] / r["seconds"] * 4 * r["N"] / (rate * args.world)
+    util = mfu(r, rate, args.world)
     tokens_per_query = r["real_tokens"] / r["queries"]
-    gpu_tps = mfu * args.project_tflops * 1e12 / (4 * r["N"])
+    gpu_tps = util * args.project_tflops * 1e12 / (4 * r["N"])
     step_s = SEED_QUERIES * tokens_per_query / (SEED_GPUS * gpu_tps)
     steps = SEED_HOURS * 3600 / step_s
-    return (f"projection (fast, {r['queries']} queries): at {mfu:.1%} MFU on {SEED_GPUS} A100s of "
+    return (f"projection (fast, {r['queries']} queries): at {util:.1%} MFU on {SEED_GPUS} A100s of "
             f"{args.project_tflops:g} TFLOP/s bf16 each (assumed), {tokens_per_query:.0f} real tokens per "
             f"query with its {1 + args.hard_negatives} documents: {SEED_GPUS * gpu_tps:,.0f} tokens/s, "
             f"{step_s:.1f} s per {SEED_QUERIES:,}-query step, {steps:,.0f} steps "
