@@ -20,9 +20,11 @@ from . import dist
 from . import engine as ds
 from .config import ConfigError, TrainConfig, config_from_dict, dump_config
 from .data.batch import NegativeDrawer, TextBatch, allowed_mask, build_text_batch
-from .data.collate import Tokens, tokenize
+from .data.collate import Tokens, to_device, tokenize
 from .data.load import group_by_dataset, load_training_data
-from .data.sampler import BatchPlan
+from .data.prefetch import prefetched
+from .data.records import Record
+from .data.sampler import BatchPlan, GlobalBatch
 from .encode import META, encode_meta
 from .gradcache import gradcache_backward, plain_backward
 from .loss import contrastive_loss
@@ -74,9 +76,11 @@ class StepGate:
 
 @dataclass
 class StepInputs:
+    """This rank's share of one global step, all on the host (made ahead on the prefetch thread)."""
     queries: Tokens
     docs: Tokens
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+    positive: torch.Tensor  # [n] each query's positive among ``docs`` or the gathered documents
+    allowed: torch.Tensor  # [n, N] bool: which of those documents each query may score
     gather: bool  # the loss scores every rank's documents (in-batch negatives)
 
     @property
@@ -101,8 +105,8 @@ def infonce(positive: torch.Tensor, allowed: torch.Tensor, temperature: float):
     return loss_fn
 
 
-def step_inputs(batch: TextBatch, rows: slice, tokenizer, cfg: TrainConfig, device) -> StepInputs:
-    """This rank's tokens and its loss over the (gathered) documents of the global batch."""
+def step_inputs(batch: TextBatch, rows: slice, tokenizer, cfg: TrainConfig) -> StepInputs:
+    """This rank's tokens, and what its loss scores, over the (gathered) documents of the global batch."""
     group, eos = batch.group, append_eos(cfg.model)
     queries = tokenize(tokenizer, batch.queries[rows], cfg.data.query_max_len, eos)
     docs = tokenize(tokenizer, batch.docs[rows.start * group:rows.stop * group], cfg.data.doc_max_len, eos)
@@ -111,8 +115,17 @@ def step_inputs(batch: TextBatch, rows: slice, tokenizer, cfg: TrainConfig, devi
     offset = 0 if gather else rows.start * group
     if not gather:
         allowed = allowed[:, offset:offset + len(docs)]
-    positive = (torch.arange(rows.start, rows.stop) * group - offset).to(device)
-    return StepInputs(queries, docs, infonce(positive, allowed, cfg.loss.temperature), gather)
+    positive = torch.arange(rows.start, rows.stop) * group - offset
+    return StepInputs(queries, docs, positive, allowed, gather)
+
+
+def input_maker(records: list[Record], plan: BatchPlan, drawer: NegativeDrawer, rows: slice, tokenizer,
+                cfg: TrainConfig) -> Callable[[int], tuple[GlobalBatch, StepInputs]]:
+    """make(step): the plan's global batch for ``step`` and this rank's inputs, a pure function of the step."""
+    def make(step: int) -> tuple[GlobalBatch, StepInputs]:
+        gb = plan.batch(step)
+        return gb, step_inputs(build_text_batch(records, gb.indices, gb.epoch, drawer), rows, tokenizer, cfg)
+    return make
 
 
 def batch_arithmetic(cfg: TrainConfig, world: int) -> tuple[int, str]:
@@ -225,22 +238,22 @@ def train(cfg: TrainConfig, resume: bool = False,
         say(f"resumed from {ckpt_root / tag} at step {start}")
     metrics = MetricsLog(run_dir, me.is_main, cfg.run.tensorboard, start)
 
-    # ---- steps
-    for step in range(start, total_steps):
+    # ---- steps (each one's host-side inputs made during the step before)
+    make = input_maker(records, plan, drawer, rows, tokenizer, cfg)
+    for step, (gb, inputs), waited in prefetched(make, range(start, total_steps)):
         t0 = time.perf_counter()
-        gb = plan.batch(step)
-        batch = build_text_batch(records, gb.indices, gb.epoch, drawer)
-        inputs = step_inputs(batch, rows, tokenizer, cfg, engine.device)
+        loss_fn = infonce(to_device(inputs.positive, engine.device), inputs.allowed, cfg.loss.temperature)
         gate = StepGate(step + 1, inputs.n_tokens, stop)
         lr = ds.current_lr(engine)
         if cfg.gradcache.enabled:
-            gradcache_backward(engine, inputs.queries, inputs.docs, inputs.loss_fn,
+            gradcache_backward(engine, inputs.queries, inputs.docs, loss_fn,
                                cfg.gradcache.chunk_size, cfg.gradcache.check_replay, gate, inputs.gather,
                                cfg.gradcache.chunk_tokens if cfg.gradcache.packing else None)
         else:
-            plain_backward(engine, inputs.queries, inputs.docs, inputs.loss_fn, gate, inputs.gather)
+            plain_backward(engine, inputs.queries, inputs.docs, loss_fn, gate, inputs.gather)
         row = {"step": step + 1, "loss": gate.loss / me.world, "lr": lr, "dataset": gb.dataset or "mixed",
-               "grad_norm": None, "tokens": gate.tokens, "seconds": 0.0, "epoch": gb.epoch}
+               "grad_norm": None, "tokens": gate.tokens, "seconds": 0.0, "input_wait": round(waited, 4),
+               "epoch": gb.epoch}
         if gate.nonfinite:
             if cfg.run.on_nonfinite == "stop":
                 raise FloatingPointError(f"non-finite loss at step {step + 1} (dataset {row['dataset']}, "
@@ -253,7 +266,7 @@ def train(cfg: TrainConfig, resume: bool = False,
             if after_backward is not None:
                 after_backward(engine, step + 1)
             row["grad_norm"] = ds.step(engine)
-        row["seconds"] = round(time.perf_counter() - t0, 4)
+        row["seconds"] = round(waited + time.perf_counter() - t0, 4)
         metrics.log(row)
         say(f"step {step + 1}/{total_steps} loss {row['loss'] if row['loss'] is None else round(row['loss'], 4)} "
             f"lr {lr:.2e} grad_norm {row['grad_norm'] if row['grad_norm'] is None else round(row['grad_norm'], 4)} "

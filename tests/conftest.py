@@ -57,6 +57,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
 
+def untimed_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without its wall-clock fields: what two runs of the same steps must share."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "input_wait")} for r in read_metrics(run_dir)]
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.exists():

@@ -42,3 +42,10 @@ def test_train_step_benchmark_runs_both_modes_on_the_same_tokens(tmp_path):
     assert fast_reads and not [r for r in fast_reads if any(
         where in r for where in ("gradcache.py", "model.py", "transformers/", "peft/"))], fast["host_reads"]
     assert "transformers/masking_utils.py" in base["host_reads"]  # padded: a mask check per forward
+
+
+def test_host_inputs_benchmark_measures_one_ranks_share():
+    p = run([sys.executable, str(ROOT / "benchmarks/host_inputs.py"), "--tokenizer", "builtin:tiny-tokenizer",
+             "--ranks", "4", "--global-batch", "64", "--steps", "2"])
+    assert "one rank's share (16 queries x 8 documents of a 64-query global batch over 4 ranks" in p.stdout
+    assert "of its rate alone" in p.stdout

@@ -80,6 +80,33 @@ def test_cli_one_and_two_ranks_log_the_same_steps(tmp_path):
         assert set(x) >= {"step", "loss", "lr", "dataset", "grad_norm", "tokens", "seconds"}
     assert (tmp_path / "n2" / "final" / "adapter_model.safetensors").exists()
     assert list((tmp_path / "n2" / "tensorboard").glob("events.*"))
+    assert [(r["dataset"], r["tokens"]) for r in m2] == planned_steps(TINY, len(m2))
+
+
+def planned_steps(config, n: int) -> list[tuple[str, int]]:
+    """(dataset, real tokens) of the plan's steps 0..n-1, built one by one without the training loop:
+    the loop's prefetch must hand each step its own batch."""
+    from sfr_ds.config import load_config
+    from sfr_ds.data.batch import NegativeDrawer, build_text_batch
+    from sfr_ds.data.collate import tokenize
+    from sfr_ds.data.load import group_by_dataset, load_training_data
+    from sfr_ds.data.sampler import BatchPlan
+    from sfr_ds.model import load_tokenizer
+
+    cfg = load_config(config)
+    data = cfg.data
+    records = load_training_data(data.train_files)
+    plan = BatchPlan(group_by_dataset(records), data.global_batch_size, homogeneous=data.homogeneous,
+                     seed=data.seed)
+    drawer = NegativeDrawer(records, data.hard_negatives, data.short_negatives, data.seed)
+    tok, out = load_tokenizer(cfg.model), []
+    for step in range(n):
+        gb = plan.batch(step)
+        batch = build_text_batch(records, gb.indices, gb.epoch, drawer)
+        real = (tokenize(tok, batch.queries, data.query_max_len, True).n_tokens
+                + tokenize(tok, batch.docs, data.doc_max_len, True).n_tokens)
+        out.append((gb.dataset or "mixed", real))
+    return out
 
 
 def test_gradcache_replays_dropout(tmp_path):

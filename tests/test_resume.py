@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, proc_env, read_metrics, sfr_ds
+from conftest import ROOT, TINY, proc_env, read_metrics, sfr_ds, untimed_metrics
 
 def orphans(run_dir) -> list[int]:
     """Processes still running whose command line names the run directory."""
@@ -55,8 +55,7 @@ def assert_same_run(a_dir, b_dir):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # same sampler order and the same numbers, step by step
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(a_dir)) == strip(read_metrics(b_dir))
+    assert untimed_metrics(a_dir) == untimed_metrics(b_dir)
     assert [r["step"] for r in read_metrics(b_dir)] == list(range(1, 13))
 
 

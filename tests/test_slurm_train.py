@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, proc_env, read_metrics
+from conftest import ROOT, TINY, proc_env, read_metrics, untimed_metrics
 from slurm_cluster import cluster_fixture
 
 pytestmark = pytest.mark.slurm
@@ -63,8 +63,7 @@ def adapter(run_dir: Path) -> dict:
 def same(a: Path, b: Path) -> None:
     x, y = adapter(a), adapter(b)
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(a)) == strip(read_metrics(b))
+    assert untimed_metrics(a) == untimed_metrics(b)
 
 
 @pytest.fixture(scope="module")
