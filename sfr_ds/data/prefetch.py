@@ -5,7 +5,9 @@ its candidate mask take about 0.5 s per step on one host core, which a GPU would
 idle between two steps. Most of it is the tokenizer's Rust code, which releases the GIL: a Python
 loop on the launching thread keeps 81-93% of its rate beside it (``benchmarks/host_inputs.py``).
 ``make`` must be a pure function of the step that touches neither the device nor torch's RNG
-(the GradCache replay relies on that RNG), so prefetching cannot change what a step computes.
+(the GradCache replay relies on that RNG), so prefetching cannot change what a step computes. A
+CUDA call there (even pinning memory) would also run on the thread's current device, GPU 0, not
+the rank's own.
 """
 from __future__ import annotations
 
