@@ -11,16 +11,20 @@
 #   speed     Mistral-7B shape, 256 queries: baseline vs fast, MFU, host synchronisations listed
 #   mem2048   fast, 2,048 queries per step: peak memory (one step, no warm-up)
 #   mem8192   fast, 8,192 queries per step: peak memory (one step, no warm-up; the longest part)
-# Default PARTS=exact,act,speed,mem2048; then a second call with PARTS=mem8192. Each part has its own
-# time limit, cut to what is left of BUDGET seconds (default 570, inside the call's 590), and
-# writes its log (and the benchmark's JSON) to $OUT as it goes, so a part that runs out of time
-# still leaves the others' figures. Estimates at the target rate (~12k tokens/s): exact ~1 min,
-# act ~1 min, speed ~3-4 min, mem2048 ~2 min, mem8192 ~5-6 min. SHAPE=tiny and WHEELS=DIR rehearse
-# the script on a CPU machine (in a venv that, like the GPU image, lacks deepspeed and pydantic).
+#   loop      `sfr-ds train` itself on the GPU: the tiny config in bf16, packed, 6 steps (the training
+#             loop with its prefetch thread, DeepSpeed's bf16 ZeRO-2, checkpoint and adapter)
+# Default PARTS=exact,act,speed,mem2048,loop; then a second call with PARTS=mem8192. Each part has its
+# own time limit, cut to what is left of BUDGET seconds (default 570, inside the call's 590; a part
+# with under 30 s left is skipped), and writes its log (and the benchmark's JSON) to $OUT as it goes,
+# so a part that runs out of time still leaves the others' figures; at most 8 files come back, so
+# the environment goes into timeline.txt. Estimates at the target rate (~12k tokens/s): exact ~1 min,
+# act ~1 min, speed ~3-4 min, mem2048 ~2 min, loop ~1 min if time is left, mem8192 ~5-6 min.
+# SHAPE=tiny and WHEELS=DIR rehearse the script on a CPU machine (in a venv that, like the GPU image,
+# lacks deepspeed and pydantic).
 set -uo pipefail
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
-parts=${PARTS:-exact,act,speed,mem2048}
+parts=${PARTS:-exact,act,speed,mem2048,loop}
 shape=${SHAPE:-mistral-7b}
 wheels=${WHEELS:-.whl}
 budget=${BUDGET:-570}
@@ -44,35 +48,36 @@ stamp "installed"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 -c "import sys, torch, transformers, peft, deepspeed; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'peft', peft.__version__, 'deepspeed', deepspeed.__version__)"
   python3 -c "import importlib.util as u; print('flash_attn installed:', u.find_spec('flash_attn') is not None)"
-} 2>&1 | tee "$out/env.txt"
+} 2>&1 | tee -a "$out/timeline.txt"
 
-bench() {  # NAME CAP_S ARGS...: one benchmark run, its table and JSON in $out
+run_part() {  # NAME CAP_S COMMAND...: one part, its output in $out/NAME.txt
   local name=$1 cap
   cap=$(limit "$2")
   shift 2
   if [ "$cap" -lt 30 ]; then stamp "$name: skipped, ${cap} s of the budget left"; return; fi
   stamp "$name: start (limit ${cap} s)"
-  timeout "$cap" python3 benchmarks/train_step.py --shape "$shape" --json "$out/$name.json" "$@" 2>&1 \
-    | tee "$out/$name.txt"
+  timeout "$cap" "$@" 2>&1 | tee "$out/$name.txt"
   stamp "$name: exit ${PIPESTATUS[0]}"
+}
+bench() {  # NAME CAP_S ARGS...: one benchmark run, its table in $out/NAME.txt and JSON in $out/NAME.json
+  local name=$1 cap=$2
+  shift 2
+  run_part "$name" "$cap" python3 benchmarks/train_step.py --shape "$shape" --json "$out/$name.json" "$@"
 }
 
 for part in ${parts//,/ }; do
   case $part in
-    exact)
-      stamp "exact: start"
-      timeout "$(limit 240)" python3 -m pytest -q -p no:cacheprovider tests/test_packing.py \
-        -k "bf16 or release or repeated or packed_equals_padded or replay_reproduces" 2>&1 | tee "$out/exact.txt"
-      stamp "exact: exit ${PIPESTATUS[0]}" ;;
-    act)
-      stamp "act: start"
-      timeout "$(limit 120)" python3 benchmarks/activation_memory.py --shape "$shape" --tokens 2048 2>&1 \
-        | tee "$out/act.txt"
-      stamp "act: exit ${PIPESTATUS[0]}" ;;
+    exact) run_part exact 240 python3 -m pytest -q -p no:cacheprovider tests/test_packing.py \
+             -k "bf16 or release or repeated or packed_equals_padded or replay_reproduces" ;;
+    act) run_part act 120 python3 benchmarks/activation_memory.py --shape "$shape" --tokens 2048 ;;
     speed) bench speed 330 --queries 256 --modes baseline,fast --steps 1 --warmup 1 --sync-debug ;;
     mem2048) bench mem2048 240 --queries 2048 --modes fast --steps 1 --warmup 0 ;;
     mem8192) bench mem8192 560 --queries 8192 --modes fast --steps 1 --warmup 0 ;;
-    *) echo "unknown part '$part' (exact, act, speed, mem2048, mem8192)"; exit 2 ;;
+    loop) rm -rf /tmp/loop_run
+          run_part loop 150 bash -c "python3 -m sfr_ds.cli train configs/tiny.yaml model.dtype=bf16 \
+            deepspeed.config=ds_configs/zero2_bf16.json gradcache.packing=true run.tensorboard=false --output-dir /tmp/loop_run \
+            && cat /tmp/loop_run/metrics.jsonl && ls /tmp/loop_run/final" ;;
+    *) echo "unknown part '$part' (exact, act, speed, mem2048, mem8192, loop)"; exit 2 ;;
   esac
 done
 stamp "done"
