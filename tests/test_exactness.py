@@ -91,7 +91,7 @@ def planned_steps(config, n: int) -> list[tuple[str, int]]:
     from sfr_ds.data.collate import tokenize
     from sfr_ds.data.load import group_by_dataset, load_training_data
     from sfr_ds.data.sampler import BatchPlan
-    from sfr_ds.model import load_tokenizer
+    from sfr_ds.model import append_eos, load_tokenizer
 
     cfg = load_config(config)
     data = cfg.data
@@ -99,12 +99,12 @@ def planned_steps(config, n: int) -> list[tuple[str, int]]:
     plan = BatchPlan(group_by_dataset(records), data.global_batch_size, homogeneous=data.homogeneous,
                      seed=data.seed)
     drawer = NegativeDrawer(records, data.hard_negatives, data.short_negatives, data.seed)
-    tok, out = load_tokenizer(cfg.model), []
+    tok, eos, out = load_tokenizer(cfg.model), append_eos(cfg.model), []
     for step in range(n):
         gb = plan.batch(step)
         batch = build_text_batch(records, gb.indices, gb.epoch, drawer)
-        real = (tokenize(tok, batch.queries, data.query_max_len, True).n_tokens
-                + tokenize(tok, batch.docs, data.doc_max_len, True).n_tokens)
+        real = (tokenize(tok, batch.queries, data.query_max_len, eos).n_tokens
+                + tokenize(tok, batch.docs, data.doc_max_len, eos).n_tokens)
         out.append((gb.dataset or "mixed", real))
     return out
 

@@ -22,7 +22,7 @@ def test_each_step_gets_its_own_item_in_order():
 
 
 def test_next_step_is_made_while_the_caller_works_on_this_one():
-    """Step s's consumer blocks until make(s + 1) has run: without prefetching this would deadlock."""
+    """Step s's consumer waits for make(s + 1) to run: without prefetching it never would."""
     started = {s: threading.Event() for s in range(3)}
     threads = {}
 
