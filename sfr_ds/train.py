@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -72,6 +73,27 @@ class StepGate:
         self.loss, self.tokens = float(totals[0]), int(totals[1])
         self.stop, self.nonfinite = bool(totals[2] > 0), bool(totals[3] > 0)
         return not self.nonfinite
+
+
+@contextmanager
+def memory_advice(cfg: TrainConfig):
+    """A step that runs out of memory (device, or host on CPU) says which setting to lower."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
+            raise
+        g = cfg.gradcache
+        if not g.enabled:
+            fix = "gradcache.enabled=true (activations of one chunk at a time)"
+        elif g.packing:
+            fix = (f"a smaller gradcache.chunk_tokens (now {g.chunk_tokens}; a chunk's activations grow "
+                   "with it: about 9.4 MiB per token for Mistral-7B in bf16, docs/benchmarks.md)")
+        else:
+            fix = f"a smaller gradcache.chunk_size (now {g.chunk_size}), or gradcache.packing=true"
+        if not cfg.model.gradient_checkpointing:
+            fix += ", or model.gradient_checkpointing=true (slower: one more forward)"
+        raise type(e)(f"out of memory in a training step; set {fix}. The error was: {e}") from e
 
 
 @dataclass
@@ -245,12 +267,13 @@ def train(cfg: TrainConfig, resume: bool = False,
         loss_fn = infonce(to_device(inputs.positive, engine.device), inputs.allowed, cfg.loss.temperature)
         gate = StepGate(step + 1, inputs.n_tokens, stop)
         lr = ds.current_lr(engine)
-        if cfg.gradcache.enabled:
-            gradcache_backward(engine, inputs.queries, inputs.docs, loss_fn,
-                               cfg.gradcache.chunk_size, cfg.gradcache.check_replay, gate, inputs.gather,
-                               cfg.gradcache.chunk_tokens if cfg.gradcache.packing else None)
-        else:
-            plain_backward(engine, inputs.queries, inputs.docs, loss_fn, gate, inputs.gather)
+        with memory_advice(cfg):
+            if cfg.gradcache.enabled:
+                gradcache_backward(engine, inputs.queries, inputs.docs, loss_fn,
+                                   cfg.gradcache.chunk_size, cfg.gradcache.check_replay, gate, inputs.gather,
+                                   cfg.gradcache.chunk_tokens if cfg.gradcache.packing else None)
+            else:
+                plain_backward(engine, inputs.queries, inputs.docs, loss_fn, gate, inputs.gather)
         row = {"step": step + 1, "loss": gate.loss / me.world, "lr": lr, "dataset": gb.dataset or "mixed",
                "grad_norm": None, "tokens": gate.tokens, "seconds": 0.0, "input_wait": round(waited, 4),
                "epoch": gb.epoch}
