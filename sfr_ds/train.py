@@ -81,7 +81,8 @@ def memory_advice(cfg: TrainConfig):
     try:
         yield
     except RuntimeError as e:
-        if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
+        # torch.cuda's name for it also exists on torch 2.4 (torch.OutOfMemoryError is newer)
+        if not (isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(e)):
             raise
         g = cfg.gradcache
         if not g.enabled:

@@ -28,9 +28,9 @@ def test_out_of_memory_names_the_setting(overrides, names):
 
 def test_checkpointing_already_on_is_not_suggested_and_cuda_type_is_kept():
     cfg = load_config(TINY, ["model.gradient_checkpointing=true"])
-    with pytest.raises(torch.OutOfMemoryError) as info:
+    with pytest.raises(torch.cuda.OutOfMemoryError) as info:
         with memory_advice(cfg):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert "gradcache.chunk_size (now 4)" in str(info.value)
     assert "gradient_checkpointing" not in str(info.value)
 
