@@ -4,6 +4,7 @@ Packed = the real tokens of a chunk in one row, positions restarting per sequenc
 within each sequence (``packed_attention``; on CPU sdpa over the unpacked chunk). Decoders (Mistral,
 Llama; causal) and an encoder (BERT; bidirectional) are packed exactly, no padding fallback needed.
 """
+import functools
 import json
 import math
 import random
@@ -39,6 +40,27 @@ def texts() -> list[str]:
     return [r["query"] for r in rows[:10]] + [r["pos"][0] for r in rows[:6]] + ["a", "b c"]
 
 
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    return load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
+
+
+def all_tokens(pooling: str):
+    """The texts above, tokenized as training does for this pooling."""
+    return tokenize(tiny_tokenizer(), texts(), max_len=96, append_eos=pooling == "last")
+
+
+def small_step(pooling: str, device: str = "cpu"):
+    """6 queries and 12 documents (a positive and a negative each) with their InfoNCE."""
+    tok, eos = tiny_tokenizer(), pooling == "last"
+    queries, docs = tokenize(tok, texts()[:6], 64, eos), tokenize(tok, texts()[4:16], 64, eos)
+    return queries, docs, infonce(torch.arange(6, device=device) * 2, torch.ones(6, 12, dtype=torch.bool), 0.05)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                             reason="needs a GPU"))]
+
+
 def with_lora_b(model):
     """peft starts LoRA B at zero, which hides the adapter (and its dropout) from every output."""
     for name, p in model.named_parameters():
@@ -66,8 +88,7 @@ def lora_grads(model) -> torch.Tensor:
 def test_packed_equals_padded(name):
     arch, pooling = ARCHS[name]
     padded, packed = embedders(arch, pooling)
-    tok = load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
-    tokens = tokenize(tok, texts(), max_len=96, append_eos=pooling == "last")
+    tokens = all_tokens(pooling)
     assert len(set(tokens.lengths())) > 5  # really different lengths, so padding would matter
     rows = list(range(len(tokens)))
     random.Random(0).shuffle(rows)
@@ -86,7 +107,7 @@ def test_packed_equals_padded(name):
 
 def test_packed_backbone_refuses_padded_input():
     padded, packed = embedders(*ARCHS["llama"])
-    tokens = tokenize(load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer")), ["a b", "c"], 16, True)
+    tokens = tokenize(tiny_tokenizer(), ["a b", "c"], 16, True)
     with pytest.raises(ValueError, match="loaded for packed inputs"):
         packed(**vars(tokens))
 
@@ -198,8 +219,7 @@ def bf16_errors(device: str, name: str = "mistral") -> tuple[float, float, float
     arch, pooling = ARCHS[name]
     arch = dict(arch, hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2)
     padded, packed = embedders(arch, pooling)
-    tok = load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
-    tokens = tokenize(tok, texts(), max_len=96, append_eos=pooling == "last")
+    tokens = all_tokens(pooling)
     weight = torch.randn(len(tokens), 256, device=device)
     results = {}
     for kind, model, batch in (("ref", padded, tokens), ("padded", padded, tokens),
@@ -215,8 +235,7 @@ def bf16_errors(device: str, name: str = "mistral") -> tuple[float, float, float
     return emb_err["padded"], emb_err["packed"], grad_err["padded"], grad_err["packed"]
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize("device", DEVICES)
 def test_packed_bf16_is_as_accurate_as_padded_bf16(device, monkeypatch):
     """In bf16 neither layout is exact; packed must be no further from fp32 than padded is. On a GPU
     the packed path must use a variable-length kernel (flash-attn's or PyTorch's), not the grid."""
@@ -258,10 +277,7 @@ class PlainEngine:
 def host_reads_of_a_step(name: str, packing: bool) -> set[tuple[str, str]]:
     arch, pooling = ARCHS[name]
     padded, packed = embedders(arch, pooling)
-    tok = load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
-    queries = tokenize(tok, texts()[:6], 64, pooling == "last")
-    docs = tokenize(tok, texts()[4:16], 64, pooling == "last")
-    loss_fn = infonce(torch.arange(6) * 2, torch.ones(6, 12, dtype=torch.bool), 0.05)
+    queries, docs, loss_fn = small_step(pooling)
 
     def gate(loss):
         return math.isfinite(float(loss))
@@ -291,8 +307,7 @@ def test_padded_step_reads_the_mask_in_every_forward():
     assert ("masking_utils.py", "_ignore_causal_mask_sdpa") in host_reads_of_a_step("mistral", packing=False)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize("device", DEVICES)
 def test_gradcache_replay_reproduces_the_cache_pass_with_dropout(device):
     """GradCache's re-forward must give the very embeddings the loss saw: LoRA dropout replayed from
     the saved RNG state, and (on a GPU, in bf16) a deterministic varlen kernel."""
@@ -301,9 +316,7 @@ def test_gradcache_replay_reproduces_the_cache_pass_with_dropout(device):
     torch.manual_seed(0)
     model = with_lora_b(build_embedder(cfg, LoraConfig(dropout=0.1), packed=True)).to(
         device, torch.bfloat16 if device == "cuda" else torch.float32)
-    tok = load_tokenizer(ModelConfig(name_or_path="builtin:tiny-tokenizer"))
-    queries, docs = tokenize(tok, texts()[:6], 64, True), tokenize(tok, texts()[4:16], 64, True)
-    loss_fn = infonce(torch.arange(6, device=device) * 2, torch.ones(6, 12, dtype=torch.bool), 0.05)
+    queries, docs, loss_fn = small_step(pooling, device)
     # check_replay asserts each re-embedded chunk equals its cached embedding (to 1e-5)
     loss = gradcache_backward(PlainEngine(model, device), queries, docs, loss_fn, chunk_size=4,
                               check_replay=True, chunk_tokens=128)
