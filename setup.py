@@ -1,11 +1,14 @@
 """sfr-ds: train SFR-Embedding-Mistral-style text embedding models on DeepSpeed and Slurm."""
+
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="sfr-ds",
     version="0.1.0",
     description="Train SFR-Embedding-Mistral-style text embedding models on DeepSpeed and Slurm",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

@@ -11,6 +11,7 @@ attention's saved state depends on the kernel ``sfr_ds.model.packed_attention`` 
 
     python benchmarks/activation_memory.py --shape mistral-7b --tokens 512      # 20 s on 2 CPU cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ def saved_bytes(shape: dict, layers: int, tokens: int, seq_len: int, dtype: str,
     from sfr_ds.data.collate import Tokens
     from sfr_ds.model import DTYPES, build_embedder
 
-    cfg = ModelConfig(name_or_path="random", random_init=dict(shape, num_hidden_layers=layers),
-                      pooling="last", dtype=dtype)
+    cfg = ModelConfig(
+        name_or_path="random", random_init=dict(shape, num_hidden_layers=layers), pooling="last", dtype=dtype
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = build_embedder(cfg, LoraConfig(), packed=True)
@@ -73,12 +75,15 @@ def main() -> None:
     one, two = (saved_bytes(shape, k, args.tokens, args.seq_len, args.dtype, device) for k in (1, 2))
     per_layer = (two - one) / args.tokens  # a layer above the first
     per_token = (one + (shape["num_hidden_layers"] - 1) * (two - one)) / args.tokens
-    print(f"shape {args.shape} ({shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}), {args.dtype}, "
-          f"{device}, {args.tokens} tokens in sequences of {args.seq_len}: {per_layer / 2 ** 10:.1f} KiB per "
-          f"layer per token ({one / args.tokens / 2 ** 10:.1f} KiB for the 1-layer model: below the first "
-          f"layer nothing needs a gradient) -> {per_token / 2 ** 20:.2f} MiB per token for the whole model")
+    print(
+        f"shape {args.shape} ({shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}), "
+        f"{args.dtype}, "
+        f"{device}, {args.tokens} tokens in sequences of {args.seq_len}: {per_layer / 2**10:.1f} KiB per "
+        f"layer per token ({one / args.tokens / 2**10:.1f} KiB for the 1-layer model: below the first "
+        f"layer nothing needs a gradient) -> {per_token / 2**20:.2f} MiB per token for the whole model"
+    )
     for budget in (1024, 2048, 4096, 8192):
-        print(f"  chunk_tokens {budget:>5}: {budget * per_token / 2 ** 30:6.1f} GiB of saved activations")
+        print(f"  chunk_tokens {budget:>5}: {budget * per_token / 2**30:6.1f} GiB of saved activations")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ repeated with numbered queries to fill the global batch.
 
     python benchmarks/host_inputs.py [--ranks 8] [--global-batch 2048] [--tokenizer builtin:smollm2-135m]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import platform
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -75,8 +76,11 @@ def progress_beside(make: Callable[[int], object], seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "sfr_mistral_7b.yaml"))
-    parser.add_argument("--tokenizer", default="builtin:smollm2-135m",
-                        help="the recipe's Mistral tokenizer needs the hub; SmolLM2's is a BPE of similar size")
+    parser.add_argument(
+        "--tokenizer",
+        default="builtin:smollm2-135m",
+        help="the recipe's Mistral tokenizer needs the hub; SmolLM2's is a BPE of similar size",
+    )
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--global-batch", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=5)
@@ -85,11 +89,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "records.jsonl"
         repeated_records(args.global_batch * 2, data)
-        cfg = load_config(args.config, [f"model.tokenizer={args.tokenizer}", f"data.train_files=[{data}]",
-                                        f"data.global_batch_size={args.global_batch}"])
+        cfg = load_config(
+            args.config,
+            [
+                f"model.tokenizer={args.tokenizer}",
+                f"data.train_files=[{data}]",
+                f"data.global_batch_size={args.global_batch}",
+            ],
+        )
         records = load_training_data(cfg.data.train_files)
-    plan = BatchPlan(group_by_dataset(records), cfg.data.global_batch_size, homogeneous=True,
-                     seed=cfg.data.seed)
+    plan = BatchPlan(
+        group_by_dataset(records), cfg.data.global_batch_size, homogeneous=True, seed=cfg.data.seed
+    )
     drawer = NegativeDrawer(records, cfg.data.hard_negatives, cfg.data.short_negatives, cfg.data.seed)
     per_rank = args.global_batch // args.ranks
     make = input_maker(records, plan, drawer, slice(0, per_rank), load_tokenizer(cfg.model), cfg)
@@ -105,13 +116,19 @@ def main() -> None:
 
     share = progress_beside(make, args.steps * mean)
 
-    print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {torch.get_num_threads()}; tokenizer {args.tokenizer}")
-    print(f"one rank's share ({per_rank} queries x {1 + cfg.data.hard_negatives} documents of a "
-          f"{args.global_batch}-query global batch over {args.ranks} ranks, {tokens:,} real tokens): "
-          f"{mean:.3f} s per step (min {min(times):.3f}, max {max(times):.3f}, {args.steps} steps)")
-    print(f"a Python loop on the launching thread, while the prefetch thread makes steps: {share:.0%} of "
-          f"its rate alone ({os.cpu_count()} cores)")
+    print(
+        f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}; tokenizer {args.tokenizer}"
+    )
+    print(
+        f"one rank's share ({per_rank} queries x {1 + cfg.data.hard_negatives} documents of a "
+        f"{args.global_batch}-query global batch over {args.ranks} ranks, {tokens:,} real tokens): "
+        f"{mean:.3f} s per step (min {min(times):.3f}, max {max(times):.3f}, {args.steps} steps)"
+    )
+    print(
+        f"a Python loop on the launching thread, while the prefetch thread makes steps: {share:.0%} of "
+        f"its rate alone ({os.cpu_count()} cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ layer, with random non-zero weights. Output: bf16, in shards of at most 500 MB.
 
     python benchmarks/merge_memory.py [--models smollm2 llama1b] [--work DIR] [--no-verified]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,31 @@ import tempfile
 import time
 from pathlib import Path
 
-META = {"random_init": None, "base_model_dir": None, "pooling": "last", "normalize": True, "append_eos": True,
-        "query_max_len": 128, "doc_max_len": 256, "dtype": "bf16", "lora": True}
+META = {
+    "random_init": None,
+    "base_model_dir": None,
+    "pooling": "last",
+    "normalize": True,
+    "append_eos": True,
+    "query_max_len": 128,
+    "doc_max_len": 256,
+    "dtype": "bf16",
+    "lora": True,
+}
 SHARD = "500MB"  # output shards, both methods; the 1B base is saved in shards of this size too
-LLAMA_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
+LLAMA_1B = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=22,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+)
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def save_adapter(model, tokenizer_name: str, base_model: str, out: Path) -> None:
     """A random non-zero LoRA on every linear layer, saved as an sfr-ds adapter folder."""
@@ -44,8 +62,9 @@ def save_adapter(model, tokenizer_name: str, base_model: str, out: Path) -> None
     from sfr_ds.model import load_tokenizer
 
     torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    )
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:  # small, like a trained adapter: a visible but modest change
             p.data.mul_(0.01)
@@ -85,6 +104,7 @@ PREPARE = {"smollm2": prepare_smollm2, "llama1b": prepare_llama1b}
 
 # ----------------------------------------------------------------------------- one measured process
 
+
 def peak_rss_mb() -> float:
     with open("/proc/self/status") as f:
         line = next(x for x in f if x.startswith("VmHWM:"))
@@ -92,8 +112,8 @@ def peak_rss_mb() -> float:
 
 
 def child(method: str, adapter: Path, out: Path) -> None:
-    import torch  # noqa: F401
     import peft  # noqa: F401
+    import torch
     import transformers  # noqa: F401
 
     from sfr_ds import merge as m
@@ -112,13 +132,25 @@ def child(method: str, adapter: Path, out: Path) -> None:
         merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         merged.save_pretrained(str(out), max_shard_size=SHARD)
         m.write_tokenizer(adapter, out, meta)
-    print(json.dumps({"method": method, "peak_rss_mb": round(peak_rss_mb()),
-                      "seconds": round(time.perf_counter() - start, 1), **extra}))
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "peak_rss_mb": round(peak_rss_mb()),
+                "seconds": round(time.perf_counter() - start, 1),
+                **extra,
+            }
+        )
+    )
 
 
 def measure(method: str, adapter: Path, out: Path) -> dict:
-    p = subprocess.run([sys.executable, __file__, "--child", method, "--adapter", str(adapter), "--out", str(out)],
-                       capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    p = subprocess.run(
+        [sys.executable, __file__, "--child", method, "--adapter", str(adapter), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
+    )
     if p.returncode:
         raise RuntimeError(f"{method} failed:\n{p.stderr[-4000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -131,13 +163,22 @@ def bench(name: str, work: Path, verified: bool) -> None:
         out = work / f"{name}-{method}"
         subprocess.run(["rm", "-rf", str(out), str(out) + ".partial"], check=True)
         rows[method] = measure(method, adapter, out)
-        print(f"{name:8s} {method:9s} peak RSS {rows[method]['peak_rss_mb']:6d} MB  "
-              f"{rows[method]['seconds']:6.1f} s" + (f"  max |diff| {rows[method]['max_abs_diff']:.2e}"
-                                                   if rows[method].get("max_abs_diff") is not None else ""),
-              flush=True)
+        print(
+            f"{name:8s} {method:9s} peak RSS {rows[method]['peak_rss_mb']:6d} MB  "
+            f"{rows[method]['seconds']:6.1f} s"
+            + (
+                f"  max |diff| {rows[method]['max_abs_diff']:.2e}"
+                if rows[method].get("max_abs_diff") is not None
+                else ""
+            ),
+            flush=True,
+        )
     ours, naive, floor = (rows[k]["peak_rss_mb"] for k in ("sfr-ds", "naive", "floor"))
-    print(f"{name:8s} sfr-ds / naive = {ours / naive:.2f}; above the import floor: "
-          f"{(ours - floor) / (naive - floor):.2f}", flush=True)
+    print(
+        f"{name:8s} sfr-ds / naive = {ours / naive:.2f}; above the import floor: "
+        f"{(ours - floor) / (naive - floor):.2f}",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ BM25: index and search throughput on a BEIR folder (corpus.jsonl, queries.jsonl)
 
     python benchmarks/mining_search.py [--sizes 5000 50000 500000] [--beir-dir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ def bench_dense(sizes: list[int], dim: int, n_queries: int, k: int, query_chunk:
         start = time.perf_counter()
         search(queries, corpus, k, query_chunk=query_chunk)
         seconds = time.perf_counter() - start
-        print(f"exact IP  {device}  corpus {size:>9,} x {dim}  {n_queries} queries  k={k}  "
-              f"{seconds:7.2f} s  {n_queries / seconds:10,.0f} queries/s")
+        print(
+            f"exact IP  {device}  corpus {size:>9,} x {dim}  {n_queries} queries  k={k}  "
+            f"{seconds:7.2f} s  {n_queries / seconds:10,.0f} queries/s"
+        )
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[str]:
@@ -55,8 +58,11 @@ def bench_bm25(beir_dir: Path, k: int) -> None:
     start = time.perf_counter()
     teacher.search(queries, k)
     search_s = time.perf_counter() - start
-    print(f"BM25 {beir_dir.name}: index {len(corpus):,} docs {index_s:.2f} s ({len(corpus) / index_s:,.0f} docs/s); "
-          f"search {len(queries):,} queries k={k} {search_s:.2f} s ({len(queries) / search_s:,.0f} queries/s)")
+    print(
+        f"BM25 {beir_dir.name}: index {len(corpus):,} docs {index_s:.2f} s "
+        f"({len(corpus) / index_s:,.0f} docs/s); "
+        f"search {len(queries):,} queries k={k} {search_s:.2f} s ({len(queries) / search_s:,.0f} queries/s)"
+    )
 
 
 def main() -> None:
@@ -68,8 +74,10 @@ def main() -> None:
     parser.add_argument("--query-chunk", type=int, default=4096)
     parser.add_argument("--beir-dir", type=Path, default=DEFAULT_BEIR.resolve())
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)"
+    )
     bench_dense(args.sizes, args.dim, args.queries, args.k, args.query_chunk)
     bench_bm25(args.beir_dir, args.k)
 

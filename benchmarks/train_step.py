@@ -26,9 +26,11 @@ step on 8 x A100) at the same MFU on ``--project-tflops`` per A100 (an assumptio
     python benchmarks/train_step.py --shape mistral-7b --queries 256             # one H100/H200
     bash benchmarks/gpu_check.sh                                                 # the GPU checks, one call
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -37,16 +39,46 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MISTRAL_7B = dict(model_type="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                  max_position_embeddings=32768, rope_theta=10000.0, sliding_window=4096)
+MISTRAL_7B = dict(
+    model_type="mistral",
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=32768,
+    rope_theta=10000.0,
+    sliding_window=4096,
+)
 SHAPES = {  # random_init, default --chunk-tokens, default --chunk-size
-    "tiny": (dict(model_type="mistral", vocab_size=2048, hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512), 2048, 32),
+    "tiny": (
+        dict(
+            model_type="mistral",
+            vocab_size=2048,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+        ),
+        2048,
+        32,
+    ),
     # Mistral's proportions (GQA 4:1, MLP 3.5x) at 1/16 of the width and 1/8 of the depth
-    "small": (dict(MISTRAL_7B, hidden_size=256, intermediate_size=896, num_hidden_layers=4,
-                   num_attention_heads=8, num_key_value_heads=2), 2048, 32),
+    "small": (
+        dict(
+            MISTRAL_7B,
+            hidden_size=256,
+            intermediate_size=896,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+        ),
+        2048,
+        32,
+    ),
     # 9.4 MiB of saved activations per token (bf16, LoRA dropout on; benchmarks/activation_memory.py):
     # 4,096 tokens (configs/sfr_mistral_7b.yaml) hold 37 GiB next to 14.5 GiB of weights
     "mistral-7b": (MISTRAL_7B, 4096, 32),
@@ -56,6 +88,7 @@ QUERY_MAX, DOC_MAX = 128, 256
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def data_lengths(tokenizer_name: str) -> tuple[list[int], list[int]]:
     """Token counts (EOS included, truncated like training) of the bundled queries and documents."""
@@ -70,8 +103,10 @@ def data_lengths(tokenizer_name: str) -> tuple[list[int], list[int]]:
     def count(texts: list[str], cap: int) -> list[int]:
         return [min(len(ids) + 1, cap) for ids in tok(texts, add_special_tokens=True)["input_ids"]]
 
-    return (count([format_query(r.query, r.instruction) for r in records], QUERY_MAX),
-            count([t for r in records for t in r.pos + r.neg], DOC_MAX))
+    return (
+        count([format_query(r.query, r.instruction) for r in records], QUERY_MAX),
+        count([t for r in records for t in r.pos + r.neg], DOC_MAX),
+    )
 
 
 def random_tokens(lengths, vocab: int, rng):
@@ -105,12 +140,11 @@ def step_batch(args, n: int, rank: int, vocab: int):
 
 # ----------------------------------------------------------------------------- one mode, one process
 
+
 def peak_rss_reset() -> None:
     """Linux: restart the peak-RSS count (VmHWM) from the current RSS."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_rss() -> int:
@@ -122,8 +156,11 @@ def peak_rss() -> int:
 
 def linear_weights(model) -> int:
     """N for MFU: the backbone's matrix-multiply weights (embeddings and LoRA left out)."""
-    return sum(p.numel() for name, p in model.named_parameters()
-               if p.dim() == 2 and "lora_" not in name and "embed" not in name)
+    return sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if p.dim() == 2 and "lora_" not in name and "embed" not in name
+    )
 
 
 def build(args, mode: str, n: int, device):
@@ -138,11 +175,13 @@ def build(args, mode: str, n: int, device):
     cfg.model.random_init, cfg.model.dtype = SHAPES[args.shape][0], args.dtype
     cfg.model.gradient_checkpointing = mode == "baseline"
     cfg.gradcache.packing = mode == "fast"
-    cfg.deepspeed.config = str(ROOT / "ds_configs" / ("zero2_bf16.json" if args.dtype == "bf16" else "zero2.json"))
+    cfg.deepspeed.config = str(
+        ROOT / "ds_configs" / ("zero2_bf16.json" if args.dtype == "bf16" else "zero2.json")
+    )
     torch.manual_seed(0)
     with torch.device(device):  # a 7B model is built where it runs: no slow host-side init
         model = build_embedder(cfg.model, cfg.lora, packed=cfg.gradcache.packing)
-    return ds.initialize(model, cfg, total_steps=10 ** 6, per_rank_queries=n), linear_weights(model), cfg
+    return ds.initialize(model, cfg, total_steps=10**6, per_rank_queries=n), linear_weights(model), cfg
 
 
 def run_mode(args, mode: str, queries: int) -> dict:
@@ -175,8 +214,16 @@ def run_mode(args, mode: str, queries: int) -> dict:
     def one_step(s: int) -> float:
         t0 = time.perf_counter()
         gate = StepGate(s, real, stop)
-        gradcache_backward(engine, queries_t, docs_t, loss_fn, args.chunk_size, gate=gate, gather=True,
-                           chunk_tokens=chunk_tokens)
+        gradcache_backward(
+            engine,
+            queries_t,
+            docs_t,
+            loss_fn,
+            args.chunk_size,
+            gate=gate,
+            gather=True,
+            chunk_tokens=chunk_tokens,
+        )
         ds.step(engine)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -197,16 +244,31 @@ def run_mode(args, mode: str, queries: int) -> dict:
         with HostReads() as probe:
             one_step(args.warmup + args.steps)
         reads = probe.report()
-    rows = dist.all_gather_object({"real": real, "computed": computed, "seconds": seconds, "peak": peak,
-                                   "chunks": len(q_chunks) + len(d_chunks)})
+    rows = dist.all_gather_object(
+        {
+            "real": real,
+            "computed": computed,
+            "seconds": seconds,
+            "peak": peak,
+            "chunks": len(q_chunks) + len(d_chunks),
+        }
+    )
     dist.cleanup()
-    return {"mode": mode, "queries": queries, "N": N, "chunks": rows[0]["chunks"],
-            "real_tokens": sum(r["real"] for r in rows), "computed_tokens": sum(r["computed"] for r in rows),
-            "seconds": max(r["seconds"] for r in rows), "peak_bytes": max(r["peak"] for r in rows),
-            "host_reads": reads}
+    return {
+        "mode": mode,
+        "queries": queries,
+        "N": N,
+        "chunks": rows[0]["chunks"],
+        "real_tokens": sum(r["real"] for r in rows),
+        "computed_tokens": sum(r["computed"] for r in rows),
+        "seconds": max(r["seconds"] for r in rows),
+        "peak_bytes": max(r["peak"] for r in rows),
+        "host_reads": reads,
+    }
 
 
 # ----------------------------------------------------------------------------- driver
+
 
 def matmul_rate(dtype: str) -> tuple[float, str]:
     """FLOP/s of a large square matrix product in ``dtype`` on this machine's device, and its name."""
@@ -225,7 +287,7 @@ def matmul_rate(dtype: str) -> tuple[float, str]:
         a @ b
     if cuda:
         torch.cuda.synchronize()
-    rate = 2 * size ** 3 * reps / (time.perf_counter() - t0)
+    rate = 2 * size**3 * reps / (time.perf_counter() - t0)
     return rate, (torch.cuda.get_device_name() if cuda else cpu_name())
 
 
@@ -245,11 +307,16 @@ def launch(args, mode: str, queries: int) -> dict:
     if out.returncode:
         raise SystemExit(f"{mode} @ {queries} queries failed:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
     if args.sync_debug:
-        print(f"--- {mode} @ {queries}: synchronisations\n" + "\n".join(
-            line for line in out.stderr.splitlines() if "synchroniz" in line.lower()))
+        print(
+            f"--- {mode} @ {queries}: synchronisations\n"
+            + "\n".join(line for line in out.stderr.splitlines() if "synchroniz" in line.lower())
+        )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["host_reads"] is not None:
-        print(f"--- {mode} @ {queries}: host reads of tensor values in one step (rank 0)\n{result['host_reads']}")
+        print(
+            f"--- {mode} @ {queries}: host reads of tensor values in one step (rank 0)\n"
+            + result["host_reads"]
+        )
     return result
 
 
@@ -261,20 +328,24 @@ def mfu(r: dict, rate: float, world: int) -> float:
 def table(results: list[dict], rate: float, device: str, args) -> str:
     base = {r["queries"]: r for r in results if r["mode"] == "baseline"}
     smallest = {r["mode"]: r for r in sorted(results, key=lambda r: -r["queries"])}
-    lines = [f"device: {device}; matmul rate ({args.dtype}): {rate / 1e12:.3f} TFLOP/s; shape {args.shape} "
-             f"(N = {results[0]['N'] / 1e6:.1f}M linear weights), world {args.world}, "
-             f"{1 + args.hard_negatives} documents per query",
-             "| queries | mode | chunks/rank | real tokens | padded share | s/step | tokens/s | MFU | peak memory "
-             "| tokens/s vs baseline | peak vs smallest batch |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"device: {device}; matmul rate ({args.dtype}): {rate / 1e12:.3f} TFLOP/s; shape {args.shape} "
+        f"(N = {results[0]['N'] / 1e6:.1f}M linear weights), world {args.world}, "
+        f"{1 + args.hard_negatives} documents per query",
+        "| queries | mode | chunks/rank | real tokens | padded share | s/step | tokens/s | MFU | peak memory "
+        "| tokens/s vs baseline | peak vs smallest batch |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         tps = r["real_tokens"] / r["seconds"]
         b = base.get(r["queries"])
         speed = f"{tps / (b['real_tokens'] / b['seconds']):.2f}x" if b else "-"
         growth = f"{r['peak_bytes'] / smallest[r['mode']]['peak_bytes']:.3f}x"
-        lines.append(f"| {r['queries']} | {r['mode']} | {r['chunks']} | {r['real_tokens']:,} "
-                     f"| {1 - r['real_tokens'] / r['computed_tokens']:.0%} | {r['seconds']:.2f} | {tps:,.0f} "
-                     f"| {mfu(r, rate, args.world):.1%} | {r['peak_bytes'] / 2 ** 30:.2f} GiB | {speed} | {growth} |")
+        lines.append(
+            f"| {r['queries']} | {r['mode']} | {r['chunks']} | {r['real_tokens']:,} "
+            f"| {1 - r['real_tokens'] / r['computed_tokens']:.0%} | {r['seconds']:.2f} | {tps:,.0f} "
+            f"| {mfu(r, rate, args.world):.1%} | {r['peak_bytes'] / 2**30:.2f} GiB | {speed} | {growth} |"
+        )
     return "\n".join(lines)
 
 
@@ -293,11 +364,13 @@ def projection(results: list[dict], rate: float, args) -> str:
     gpu_tps = util * args.project_tflops * 1e12 / (4 * r["N"])
     step_s = SEED_QUERIES * tokens_per_query / (SEED_GPUS * gpu_tps)
     steps = SEED_HOURS * 3600 / step_s
-    return (f"projection (fast, {r['queries']} queries): at {util:.1%} MFU on {SEED_GPUS} A100s of "
-            f"{args.project_tflops:g} TFLOP/s bf16 each (assumed), {tokens_per_query:.0f} real tokens per "
-            f"query with its {1 + args.hard_negatives} documents: {SEED_GPUS * gpu_tps:,.0f} tokens/s, "
-            f"{step_s:.1f} s per {SEED_QUERIES:,}-query step, {steps:,.0f} steps "
-            f"({steps * SEED_QUERIES / 1e6:.2f} M queries) in the seed's {SEED_HOURS} hours")
+    return (
+        f"projection (fast, {r['queries']} queries): at {util:.1%} MFU on {SEED_GPUS} A100s of "
+        f"{args.project_tflops:g} TFLOP/s bf16 each (assumed), {tokens_per_query:.0f} real tokens per "
+        f"query with its {1 + args.hard_negatives} documents: {SEED_GPUS * gpu_tps:,.0f} tokens/s, "
+        f"{step_s:.1f} s per {SEED_QUERIES:,}-query step, {steps:,.0f} steps "
+        f"({steps * SEED_QUERIES / 1e6:.2f} M queries) in the seed's {SEED_HOURS} hours"
+    )
 
 
 def main() -> None:
@@ -310,18 +383,27 @@ def main() -> None:
     p.add_argument("--modes", default="baseline,fast")
     p.add_argument("--world", type=int, default=1, help="ranks (torchrun); queries are split among them")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--tokenizer", default="builtin:tiny-tokenizer", help="splits the bundled data for lengths")
+    p.add_argument(
+        "--tokenizer", default="builtin:tiny-tokenizer", help="splits the bundled data for lengths"
+    )
     p.add_argument("--lengths", help="fixed 'QUERY,DOC' token lengths instead of the data's")
     p.add_argument("--steps", type=int, default=2, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--sync-debug", action="store_true", help="GPU: list the step's host synchronisations")
-    p.add_argument("--host-reads", action="store_true",
-                   help="list where one extra (untimed) step reads tensor values into Python (any device)")
-    p.add_argument("--project-tflops", type=float, default=250.0,
-                   help="bf16 matrix-multiply rate of one A100 for the projection (TFLOP/s; default: 80%% of "
-                        "its 312 peak, the share of peak a large bf16 product reaches on an H200)")
+    p.add_argument(
+        "--host-reads",
+        action="store_true",
+        help="list where one extra (untimed) step reads tensor values into Python (any device)",
+    )
+    p.add_argument(
+        "--project-tflops",
+        type=float,
+        default=250.0,
+        help="bf16 matrix-multiply rate of one A100 for the projection (TFLOP/s; default: 80%% of "
+        "its 312 peak, the share of peak a large bf16 product reaches on an H200)",
+    )
     p.add_argument("--json", help="also write the results (rows, rate, device, arguments) to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -346,12 +428,17 @@ def main() -> None:
     for q in args.queries.split(","):
         for mode in args.modes.split(","):
             results.append(launch(args, mode, int(q)))
-            print(f"# {mode} @ {q} queries: {json.dumps(results[-1])}", flush=True)  # kept if a later one dies
+            print(
+                f"# {mode} @ {q} queries: {json.dumps(results[-1])}", flush=True
+            )  # kept if a later one dies
     print(table(results, rate, device, args))
     print(projection(results, rate, args))
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "matmul_flops": rate, "args": vars(args),
-                                               "results": results}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"device": device, "matmul_flops": rate, "args": vars(args), "results": results}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

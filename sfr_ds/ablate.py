@@ -19,6 +19,7 @@ Layout under ``output_dir``::
     rows/SLUG/{train,eval}       one run directory and its evaluation per row
     STUDY.md, ablations.md       the tables in the seed's layout (groups and AVG as rows)
 """
+
 from __future__ import annotations
 
 import os
@@ -35,6 +36,7 @@ from .demo import Stage, _cli, eval_done, prepare, run_stages
 @dataclass
 class Variant:
     """What a row changes; unset fields keep the baseline's."""
+
     teacher: str | None = None  # bm25 | builtin:minilm | model path | self
     window: list | None = None  # [lo, hi)
     k: int | None = None  # negatives mined per query
@@ -67,7 +69,7 @@ class Row:
     k: int
     train: tuple[tuple[str, str], ...]
 
-    def slug(self, baseline: "Row") -> str:
+    def slug(self, baseline: Row) -> str:
         parts = []
         if self.teacher != baseline.teacher:
             parts.append("teacher-" + self.teacher.split(":")[-1])
@@ -79,10 +81,13 @@ class Row:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(parts)) or "baseline"
 
     def mined_name(self) -> str:
-        return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', self.teacher.split(':')[-1])}_{self.window[0]}-{self.window[1]}_k{self.k}.jsonl"
+        teacher = re.sub(r"[^A-Za-z0-9._-]+", "_", self.teacher.split(":")[-1])
+        return f"{teacher}_{self.window[0]}-{self.window[1]}_k{self.k}.jsonl"
 
 
-def load_ablate_config(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[AblateConfig, dict[str, Study]]:
+def load_ablate_config(
+    path: str | os.PathLike, overrides: list[str] | None = None
+) -> tuple[AblateConfig, dict[str, Study]]:
     """The config and its studies (each row a ``Variant``); every problem reported at once."""
     from .config import apply_overrides
 
@@ -92,15 +97,18 @@ def load_ablate_config(path: str | os.PathLike, overrides: list[str] | None = No
     studies: dict[str, Study] = {}
     for name, spec in (cfg.studies or {}).items():
         study = build_dataclass(Study, spec if isinstance(spec, dict) else {}, f"studies.{name}.", problems)
-        study.rows = {str(col): build_dataclass(Variant, variant or {}, f"studies.{name}.rows.{col}.", problems)
-                      for col, variant in (study.rows or {}).items()}
+        study.rows = {
+            str(col): build_dataclass(Variant, variant or {}, f"studies.{name}.rows.{col}.", problems)
+            for col, variant in (study.rows or {}).items()
+        }
         if not study.rows:
             problems.append(f"studies.{name}: no rows")
         studies[name] = study
     if not studies:
         problems.append("'studies' is empty")
-    for where, v in [("baseline", cfg.baseline)] + [(f"studies.{n}.rows.{c}", v) for n, s in studies.items()
-                                                     for c, v in s.rows.items()]:
+    for where, v in [("baseline", cfg.baseline)] + [
+        (f"studies.{n}.rows.{c}", v) for n, s in studies.items() for c, v in s.rows.items()
+    ]:
         if v.window is not None and not (len(v.window) == 2 and 0 <= v.window[0] < v.window[1]):
             problems.append(f"'{where}.window' must be [lo, hi) with 0 <= lo < hi, got {v.window}")
     if not (cfg.baseline.teacher and cfg.baseline.window and cfg.baseline.k):
@@ -124,8 +132,12 @@ def load_ablate_config(path: str | os.PathLike, overrides: list[str] | None = No
 def resolve(cfg: AblateConfig, v: Variant) -> Row:
     base = cfg.baseline
     train = {**base.train, **v.train}
-    return Row(v.teacher or base.teacher, tuple(v.window or base.window), v.k or base.k,
-               tuple(sorted((str(k), _yaml_value(val)) for k, val in train.items())))
+    return Row(
+        v.teacher or base.teacher,
+        tuple(v.window or base.window),
+        v.k or base.k,
+        tuple(sorted((str(k), _yaml_value(val)) for k, val in train.items())),
+    )
 
 
 def _yaml_value(value) -> str:
@@ -146,17 +158,41 @@ def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dic
     stages, start = [], []
     demo = Path(cfg.start_from_demo) if cfg.start_from_demo else None
     if demo:
-        stages.append(Stage("the starting model: sfr-ds demo", demo / "merged", (demo / "summary.md").exists,
-                            _cli("demo", "--output-dir", str(demo))))
+        stages.append(
+            Stage(
+                "the starting model: sfr-ds demo",
+                demo / "merged",
+                (demo / "summary.md").exists,
+                _cli("demo", "--output-dir", str(demo)),
+            )
+        )
         start = [f"model.name_or_path={demo / 'merged'}"]
-        stages.append(Stage("evaluate the starting model", out / "start" / "eval",
-                            lambda: eval_done(out / "start" / "eval"),
-                            _cli("eval", "run", str(demo / "merged"), "--output-dir", str(out / "start" / "eval"),
-                                 "--no-progress", *map(str, cfg.eval_args))))
+        stages.append(
+            Stage(
+                "evaluate the starting model",
+                out / "start" / "eval",
+                lambda: eval_done(out / "start" / "eval"),
+                _cli(
+                    "eval",
+                    "run",
+                    str(demo / "merged"),
+                    "--output-dir",
+                    str(out / "start" / "eval"),
+                    "--no-progress",
+                    *map(str, cfg.eval_args),
+                ),
+            )
+        )
     if not cfg.train_input:
         exclude = demo / "data" / "train.jsonl" if demo else None
-        stages.append(Stage("prepare the bundled training data", data, data.exists,
-                            call=lambda: prepare(data, cfg.records_per_dataset, 0, exclude)))
+        stages.append(
+            Stage(
+                "prepare the bundled training data",
+                data,
+                data.exists,
+                call=lambda: prepare(data, cfg.records_per_dataset, 0, exclude),
+            )
+        )
     mined_done: set[str] = set()
     for row in rows:
         d = out / "rows" / row.slug(baseline)
@@ -164,21 +200,67 @@ def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dic
         teacher = f"self:{out / 'rows' / 'baseline' / 'train'}" if row.teacher == "self" else row.teacher
         if mined.name not in mined_done:
             mined_done.add(mined.name)
-            stages.append(Stage(f"mine: {teacher}, ranks {row.window[0]}-{row.window[1]}, k={row.k}",
-                                mined, mined.exists,
-                                _cli("mine", str(data), "--corpus", "from-records", "--teacher", teacher,
-                                     "--range", str(row.window[0]), str(row.window[1]), "--k", str(row.k),
-                                     "--out", str(mined), "--no-progress")))
+            stages.append(
+                Stage(
+                    f"mine: {teacher}, ranks {row.window[0]}-{row.window[1]}, k={row.k}",
+                    mined,
+                    mined.exists,
+                    _cli(
+                        "mine",
+                        str(data),
+                        "--corpus",
+                        "from-records",
+                        "--teacher",
+                        teacher,
+                        "--range",
+                        str(row.window[0]),
+                        str(row.window[1]),
+                        "--k",
+                        str(row.k),
+                        "--out",
+                        str(mined),
+                        "--no-progress",
+                    ),
+                )
+            )
         overrides = [f"data.train_files=[{mined}]", *start] + [f"{k}={v}" for k, v in row.train]
-        stages.append(Stage(f"train row {row.slug(baseline)}", d / "train",
-                            lambda d=d: (d / "train" / "final" / "sfr_ds.json").exists(),
-                            _cli("train", cfg.train_config, *overrides, "--output-dir", str(d / "train"),
-                                 "--resume", "--nproc-per-node", str(cfg.nproc))))
-        stages.append(Stage(f"evaluate row {row.slug(baseline)}", d / "eval", lambda d=d: eval_done(d / "eval"),
-                            _cli("eval", "run", str(d / "train"), "--output-dir", str(d / "eval"),
-                                 "--no-progress", *map(str, cfg.eval_args))))
-    columns = {name: {col: out / "rows" / resolve(cfg, v).slug(baseline) / "eval" for col, v in study.rows.items()}
-               for name, study in studies.items()}
+        stages.append(
+            Stage(
+                f"train row {row.slug(baseline)}",
+                d / "train",
+                lambda d=d: (d / "train" / "final" / "sfr_ds.json").exists(),
+                _cli(
+                    "train",
+                    cfg.train_config,
+                    *overrides,
+                    "--output-dir",
+                    str(d / "train"),
+                    "--resume",
+                    "--nproc-per-node",
+                    str(cfg.nproc),
+                ),
+            )
+        )
+        stages.append(
+            Stage(
+                f"evaluate row {row.slug(baseline)}",
+                d / "eval",
+                lambda d=d: eval_done(d / "eval"),
+                _cli(
+                    "eval",
+                    "run",
+                    str(d / "train"),
+                    "--output-dir",
+                    str(d / "eval"),
+                    "--no-progress",
+                    *map(str, cfg.eval_args),
+                ),
+            )
+        )
+    columns = {
+        name: {col: out / "rows" / resolve(cfg, v).slug(baseline) / "eval" for col, v in study.rows.items()}
+        for name, study in studies.items()
+    }
     return stages, columns
 
 

@@ -1,4 +1,5 @@
 """The ``sfr-ds`` command line: each command reads its options and calls one function."""
+
 from __future__ import annotations
 
 import os
@@ -25,10 +26,18 @@ def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
-@click.option("--output-dir", type=click.Path(file_okay=False), help="Run directory (overrides run.output_dir).")
-@click.option("--resume", is_flag=True, help="Continue the run in the output directory from its latest checkpoint.")
-@click.option("--nproc-per-node", type=int, default=None,
-              help="Start N local ranks (torchrun) instead of running in this process.")
+@click.option(
+    "--output-dir", type=click.Path(file_okay=False), help="Run directory (overrides run.output_dir)."
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in the output directory from its latest checkpoint."
+)
+@click.option(
+    "--nproc-per-node",
+    type=int,
+    default=None,
+    help="Start N local ranks (torchrun) instead of running in this process.",
+)
 def train(args, output_dir, resume, nproc_per_node):
     """Train: sfr-ds train CONFIG [key=value ...] [--output-dir DIR] [--resume] [--nproc-per-node N].
 
@@ -38,7 +47,11 @@ def train(args, output_dir, resume, nproc_per_node):
     if nproc_per_node and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
         from .dist import spawn_local
 
-        argv = [*args, *(["--output-dir", output_dir] if output_dir else []), *(["--resume"] if resume else [])]
+        argv = [
+            *args,
+            *(["--output-dir", output_dir] if output_dir else []),
+            *(["--resume"] if resume else []),
+        ]
         sys.exit(spawn_local(nproc_per_node, "train", argv))
     from .config import load_config
 
@@ -60,6 +73,7 @@ def train(args, output_dir, resume, nproc_per_node):
         raise click.ClickException(str(e)) from None
     finally:
         from .dist import cleanup
+
         cleanup()
 
 

@@ -3,6 +3,7 @@
 The config names the *global* batch (queries per optimizer step), so one file trains the same
 model on 1, 2 or 64 ranks; per-rank sizes are derived at start and printed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
 import yaml
 
@@ -25,11 +26,11 @@ class ModelConfig:
     name_or_path: str = "intfloat/e5-mistral-7b-instruct"
     # Architecture kwargs (with ``model_type``) to build a randomly initialised backbone instead of
     # loading weights: tiny test models and 7B-shaped benchmarks need no download.
-    random_init: Optional[dict] = None
-    tokenizer: Optional[str] = None  # defaults to name_or_path
+    random_init: dict | None = None
+    tokenizer: str | None = None  # defaults to name_or_path
     pooling: Literal["last", "mean", "cls"] = "last"
     normalize: bool = True
-    append_eos: Optional[bool] = None  # None: append EOS exactly when pooling is 'last'
+    append_eos: bool | None = None  # None: append EOS exactly when pooling is 'last'
     dtype: Literal["fp32", "bf16"] = "bf16"
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     gradient_checkpointing: bool = False
@@ -42,7 +43,7 @@ class LoraConfig:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
-    target_modules: Union[str, list] = "all-linear"
+    target_modules: str | list = "all-linear"
 
 
 @dataclass
@@ -58,7 +59,7 @@ class DataConfig:
     doc_max_len: int = 256
     homogeneous: bool = True  # one dataset per global step (task-homogeneous batching)
     dataset_weights: dict = field(default_factory=dict)  # batches per epoch scale, default 1.0
-    max_records_per_dataset: Optional[int] = None
+    max_records_per_dataset: int | None = None
     seed: int = 42
 
 
@@ -89,7 +90,7 @@ class OptimConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0  # 0 disables clipping
     epochs: int = 1
-    max_steps: Optional[int] = None  # caps the run; the schedule decays to 0 at the last step
+    max_steps: int | None = None  # caps the run; the schedule decays to 0 at the last step
 
 
 @dataclass
@@ -209,16 +210,22 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
     need(c.data.query_max_len >= 2, "'data.query_max_len' must be >= 2 (room for text and EOS)")
     need(c.data.doc_max_len >= 2, "'data.doc_max_len' must be >= 2 (room for text and EOS)")
     for name, w in c.data.dataset_weights.items():
-        need(isinstance(w, (int, float)) and w >= 0,
-             f"'data.dataset_weights.{name}' must be a number >= 0, got {w!r}")
+        need(
+            isinstance(w, (int, float)) and w >= 0,
+            f"'data.dataset_weights.{name}' must be a number >= 0, got {w!r}",
+        )
     need(c.loss.temperature > 0, "'loss.temperature' must be > 0 (0.02 in the seed)")
     need(c.gradcache.chunk_size >= 1, "'gradcache.chunk_size' must be >= 1")
     longest = max(c.data.query_max_len, c.data.doc_max_len)
-    need(not c.gradcache.packing or c.gradcache.chunk_tokens >= longest,
-         f"'gradcache.chunk_tokens' ({c.gradcache.chunk_tokens}) must be >= the longest sequence "
-         f"({longest}, from data.query_max_len/doc_max_len) so that every sequence fits in a chunk")
-    need(not c.gradcache.packing or c.gradcache.enabled,
-         "'gradcache.packing' needs gradcache.enabled=true (packing is how GradCache chunks are formed)")
+    need(
+        not c.gradcache.packing or c.gradcache.chunk_tokens >= longest,
+        f"'gradcache.chunk_tokens' ({c.gradcache.chunk_tokens}) must be >= the longest sequence "
+        f"({longest}, from data.query_max_len/doc_max_len) so that every sequence fits in a chunk",
+    )
+    need(
+        not c.gradcache.packing or c.gradcache.enabled,
+        "'gradcache.packing' needs gradcache.enabled=true (packing is how GradCache chunks are formed)",
+    )
     need(c.optim.lr > 0, "'optim.lr' must be > 0 (1e-5 in the seed)")
     need(c.optim.warmup_steps >= 0, "'optim.warmup_steps' must be >= 0")
     need(c.optim.grad_clip >= 0, "'optim.grad_clip' must be >= 0 (0 disables clipping)")
@@ -229,14 +236,18 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
     need(0 <= c.lora.dropout < 1, "'lora.dropout' must be in [0, 1)")
     need(c.run.save_every >= 1, "'run.save_every' must be >= 1 (steps between checkpoints)")
     need(c.run.keep_checkpoints >= 1, "'run.keep_checkpoints' must be >= 1")
-    need(c.model.random_init is None or "model_type" in c.model.random_init,
-         "'model.random_init' needs a 'model_type' key (e.g. mistral)")
+    need(
+        c.model.random_init is None or "model_type" in c.model.random_init,
+        "'model.random_init' needs a 'model_type' key (e.g. mistral)",
+    )
     return p
 
 
 def parse_override(item: str) -> tuple[list[str], object]:
     if "=" not in item:
-        raise ConfigError([f"override {item!r} is not of the form key=value (e.g. data.global_batch_size=64)"])
+        raise ConfigError(
+            [f"override {item!r} is not of the form key=value (e.g. data.global_batch_size=64)"]
+        )
     key, raw = item.split("=", 1)
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
@@ -264,8 +275,9 @@ def resolve_path(path: str, base_dirs: list[Path]) -> str:
     return str(p.resolve())
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
-                *, resolve_files: bool = True) -> TrainConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None, *, resolve_files: bool = True
+) -> TrainConfig:
     """Load YAML, apply overrides, type-check every field and report all problems at once."""
     data = {}
     bases = [PROJECT_ROOT]

@@ -8,6 +8,7 @@ Each stage is the ordinary ``sfr-ds`` command in its own process (what a user wo
 as it runs), and each recognises its finished output, so running the demo again after an
 interruption continues where it stopped. On a machine with GPUs training uses all of them in bf16.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,30 +85,80 @@ def eval_done(folder: Path) -> bool:
 
 
 def stages(out: Path, o: DemoOptions, gpus: int) -> list[Stage]:
-    data, mined, run, merged = out / "data" / "train.jsonl", out / "data" / "mined.jsonl", out / "train", out / "merged"
+    data, mined, run, merged = (
+        out / "data" / "train.jsonl",
+        out / "data" / "mined.jsonl",
+        out / "train",
+        out / "merged",
+    )
     nproc = o.nproc or gpus or 2
     train_overrides = [f"data.train_files=[{mined}]", *o.train_overrides]
     if gpus:
-        train_overrides += ["model.dtype=bf16", f"deepspeed.config={PROJECT_ROOT / 'ds_configs' / 'zero2_bf16.json'}"]
+        train_overrides += [
+            "model.dtype=bf16",
+            f"deepspeed.config={PROJECT_ROOT / 'ds_configs' / 'zero2_bf16.json'}",
+        ]
     base_model = _base_model(o.config, o.train_overrides)
     return [
-        Stage("prepare the bundled training data", data, data.exists,
-              call=lambda: prepare(data, o.records_per_dataset, o.seed)),
-        Stage(f"mine hard negatives with {o.teacher}", mined, mined.exists,
-              _cli("mine", str(data), "--corpus", "from-records", "--teacher", o.teacher,
-                   "--range", str(o.window[0]), str(o.window[1]), "--k", str(o.k), "--out", str(mined))),
-        Stage(f"evaluate the untrained {base_model}", out / "eval" / "before",
-              lambda: eval_done(out / "eval" / "before"),
-              _cli("eval", "run", base_model, "--output-dir", str(out / "eval" / "before"), *EVAL_ARGS)),
-        Stage(f"train on {nproc} {'GPU' if gpus else 'CPU'} rank(s)", run,
-              lambda: (run / "final" / "sfr_ds.json").exists(),
-              _cli("train", o.config, *train_overrides, "--output-dir", str(run), "--resume",
-                   "--nproc-per-node", str(nproc))),
-        Stage("merge the LoRA into full weights", merged, lambda: (merged / "sfr_ds.json").exists(),
-              _cli("merge", str(run), "--out", str(merged))),
-        Stage("evaluate the trained (merged) model", out / "eval" / "after",
-              lambda: eval_done(out / "eval" / "after"),
-              _cli("eval", "run", str(merged), "--output-dir", str(out / "eval" / "after"), *EVAL_ARGS)),
+        Stage(
+            "prepare the bundled training data",
+            data,
+            data.exists,
+            call=lambda: prepare(data, o.records_per_dataset, o.seed),
+        ),
+        Stage(
+            f"mine hard negatives with {o.teacher}",
+            mined,
+            mined.exists,
+            _cli(
+                "mine",
+                str(data),
+                "--corpus",
+                "from-records",
+                "--teacher",
+                o.teacher,
+                "--range",
+                str(o.window[0]),
+                str(o.window[1]),
+                "--k",
+                str(o.k),
+                "--out",
+                str(mined),
+            ),
+        ),
+        Stage(
+            f"evaluate the untrained {base_model}",
+            out / "eval" / "before",
+            lambda: eval_done(out / "eval" / "before"),
+            _cli("eval", "run", base_model, "--output-dir", str(out / "eval" / "before"), *EVAL_ARGS),
+        ),
+        Stage(
+            f"train on {nproc} {'GPU' if gpus else 'CPU'} rank(s)",
+            run,
+            lambda: (run / "final" / "sfr_ds.json").exists(),
+            _cli(
+                "train",
+                o.config,
+                *train_overrides,
+                "--output-dir",
+                str(run),
+                "--resume",
+                "--nproc-per-node",
+                str(nproc),
+            ),
+        ),
+        Stage(
+            "merge the LoRA into full weights",
+            merged,
+            lambda: (merged / "sfr_ds.json").exists(),
+            _cli("merge", str(run), "--out", str(merged)),
+        ),
+        Stage(
+            "evaluate the trained (merged) model",
+            out / "eval" / "after",
+            lambda: eval_done(out / "eval" / "after"),
+            _cli("eval", "run", str(merged), "--output-dir", str(out / "eval" / "after"), *EVAL_ARGS),
+        ),
     ]
 
 
@@ -117,10 +168,14 @@ def _base_model(config: str, overrides: list[str]) -> str:
 
     from .config import ModelConfig, apply_overrides
 
-    model = (apply_overrides(yaml.safe_load(Path(config).read_text()) or {}, list(overrides)).get("model") or {})
+    model = (
+        apply_overrides(yaml.safe_load(Path(config).read_text()) or {}, list(overrides)).get("model") or {}
+    )
     if model.get("random_init"):
-        raise RuntimeError(f"{config}: the demo evaluates the untrained model by name before training, "
-                           "and a random_init model has none; use a pretrained model")
+        raise RuntimeError(
+            f"{config}: the demo evaluates the untrained model by name before training, "
+            "and a random_init model has none; use a pretrained model"
+        )
     return model.get("name_or_path", ModelConfig.name_or_path)
 
 
@@ -138,8 +193,10 @@ def run_stages(plan: list[Stage], what: str) -> None:
             continue
         print("  $ " + shlex.join(stage.command), flush=True)
         if subprocess.call(stage.command, cwd=PROJECT_ROOT) != 0:
-            raise RuntimeError(f"{what} stage '{stage.name}' failed; fix the cause and run the same "
-                               "command again to continue from this stage")
+            raise RuntimeError(
+                f"{what} stage '{stage.name}' failed; fix the cause and run the same "
+                "command again to continue from this stage"
+            )
 
 
 def run_demo(out: str | Path, options: DemoOptions | None = None) -> str:
@@ -155,5 +212,7 @@ def run_demo(out: str | Path, options: DemoOptions | None = None) -> str:
     table = compare([before, after])
     (out / "summary.md").write_text("# sfr-ds demo: before and after one SFR round\n\n" + table)
     where = "\n".join(f"  {s.name}: {s.output}" for s in plan)
-    print(f"\n{table}\nwritten in {out} ({time.time() - start:.0f} s):\n{where}\n  table: {out / 'summary.md'}")
+    print(
+        f"\n{table}\nwritten in {out} ({time.time() - start:.0f} s):\n{where}\n  table: {out / 'summary.md'}"
+    )
     return table

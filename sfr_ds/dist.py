@@ -4,6 +4,7 @@ Ranks are found from the launcher's environment: torchrun / the deepspeed launch
 WORLD_SIZE, LOCAL_RANK), Slurm's ``srun`` (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), or nothing
 (one process on a free local port).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -38,8 +39,9 @@ def _free_port() -> int:
 def _first_slurm_host() -> str:
     nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True,
-                             text=True, check=True, timeout=30).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.split()
         return out[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return "127.0.0.1"
@@ -49,11 +51,14 @@ def launcher_env() -> dict[str, str]:
     """The RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* variables torch needs, from whichever launcher ran us."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        out = {k: env[k] for k in ("RANK", "WORLD_SIZE") }
+        out = {k: env[k] for k in ("RANK", "WORLD_SIZE")}
         out["LOCAL_RANK"] = env.get("LOCAL_RANK", "0")
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        out = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
-               "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
+        out = {
+            "RANK": env["SLURM_PROCID"],
+            "WORLD_SIZE": env["SLURM_NTASKS"],
+            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        }
         if "MASTER_ADDR" not in env:
             out["MASTER_ADDR"] = _first_slurm_host()
         if "MASTER_PORT" not in env:
@@ -72,8 +77,19 @@ def spawn_local(n: int, command: str, argv: list[str]) -> int:
     """Run ``sfr-ds COMMAND ARGV`` under torchrun with ``n`` ranks on this machine; its exit code.
     One thread per rank unless OMP_NUM_THREADS says otherwise (N ranks share the cores)."""
     port = os.environ.get("MASTER_PORT") or str(_free_port())
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--nnodes=1",
-           "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "sfr_ds.cli", command, *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={n}",
+        "--nnodes=1",
+        "--master-addr=127.0.0.1",
+        f"--master-port={port}",
+        "-m",
+        "sfr_ds.cli",
+        command,
+        *argv,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return subprocess.call(cmd, env=env)
 
@@ -82,6 +98,7 @@ def die_with_parent() -> None:
     """Ask Linux to SIGKILL this rank when its launcher dies, so no orphan rank trains on alone."""
     if sys.platform.startswith("linux") and "RANK" in os.environ:
         import ctypes
+
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:  # the launcher died before we asked
@@ -97,9 +114,12 @@ def setup(timeout_s: int = 1800) -> DistInfo:
         local_rank = int(os.environ["LOCAL_RANK"])
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                rank=int(os.environ["RANK"]),
-                                world_size=int(os.environ["WORLD_SIZE"]))
+        dist.init_process_group(
+            backend,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+        )
     return info()
 
 

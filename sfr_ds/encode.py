@@ -3,6 +3,7 @@
 The same ``format_query``, ``tokenize`` (EOS, truncation) and ``Embedder`` (pooling, normalisation)
 as training, so a teacher or an evaluated model sees texts the way the trained model did.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,18 @@ def encode_meta(cfg, base_dir: str | None) -> dict:
 
     ``cfg`` is the run's TrainConfig; ``base_dir`` locates a random-init base (relative to the folder).
     """
-    return {"base_model": cfg.model.name_or_path, "random_init": cfg.model.random_init,
-            "base_model_dir": base_dir, "pooling": cfg.model.pooling, "normalize": cfg.model.normalize,
-            "append_eos": append_eos(cfg.model), "query_max_len": cfg.data.query_max_len,
-            "doc_max_len": cfg.data.doc_max_len, "dtype": cfg.model.dtype, "lora": cfg.lora.enabled}
+    return {
+        "base_model": cfg.model.name_or_path,
+        "random_init": cfg.model.random_init,
+        "base_model_dir": base_dir,
+        "pooling": cfg.model.pooling,
+        "normalize": cfg.model.normalize,
+        "append_eos": append_eos(cfg.model),
+        "query_max_len": cfg.data.query_max_len,
+        "doc_max_len": cfg.data.doc_max_len,
+        "dtype": cfg.model.dtype,
+        "lora": cfg.lora.enabled,
+    }
 
 
 class TextEncoder:
@@ -47,16 +56,22 @@ class TextEncoder:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_model_config(cls, cfg: ModelConfig, query_max_len=128, doc_max_len=256, batch_size=32,
-                          device=None) -> "TextEncoder":
-        """A plain HF model (no adapter): e.g. ``ModelConfig(name_or_path='builtin:minilm', pooling='mean')``."""
+    def from_model_config(
+        cls, cfg: ModelConfig, query_max_len=128, doc_max_len=256, batch_size=32, device=None
+    ) -> TextEncoder:
+        """A plain HF model (no adapter), e.g. ``ModelConfig(name_or_path='builtin:minilm', pooling='mean')``."""
         embedder = Embedder(load_backbone(cfg), cfg.pooling, cfg.normalize)
-        return cls(embedder, load_tokenizer(cfg),
-                   EncodeSettings(append_eos(cfg), query_max_len, doc_max_len, batch_size), device)
+        return cls(
+            embedder,
+            load_tokenizer(cfg),
+            EncodeSettings(append_eos(cfg), query_max_len, doc_max_len, batch_size),
+            device,
+        )
 
     @classmethod
-    def from_run(cls, path: str | Path, batch_size: int = 32, device=None,
-                 dtype: str | None = None) -> "TextEncoder":
+    def from_run(
+        cls, path: str | Path, batch_size: int = 32, device=None, dtype: str | None = None
+    ) -> TextEncoder:
         """A run directory, its ``final`` adapter folder, an exported adapter or a merged model:
         base model + PEFT adapter (or the merged weights), encoded as trained."""
         from peft import PeftModel
@@ -67,9 +82,13 @@ class TextEncoder:
         if not (final / META).exists():
             raise FileNotFoundError(f"{path}: no {META} (not an sfr-ds run or adapter folder)")
         meta = json.loads((final / META).read_text())
-        base = ModelConfig(name_or_path=meta.get("base_model", str(final)), pooling=meta["pooling"],
-                           normalize=meta["normalize"], append_eos=meta["append_eos"],
-                           dtype=dtype or meta["dtype"])
+        base = ModelConfig(
+            name_or_path=meta.get("base_model", str(final)),
+            pooling=meta["pooling"],
+            normalize=meta["normalize"],
+            append_eos=meta["append_eos"],
+            dtype=dtype or meta["dtype"],
+        )
         if meta.get("merged"):
             base.name_or_path = str(final)
         elif meta.get("random_init"):
@@ -90,7 +109,7 @@ class TextEncoder:
         chunks = []
         bs = self.settings.batch_size
         for i in tqdm(range(0, len(texts), bs), disable=not progress, desc="encode", unit="batch"):
-            idx = order[i:i + bs]
+            idx = order[i : i + bs]
             tok = tokenize(self.tokenizer, [texts[j] for j in idx], max_len, self.settings.append_eos)
             tok = tok.to(self.device)
             chunks.append(self.embedder(tok.input_ids, tok.attention_mask).float().cpu().numpy())
@@ -101,8 +120,9 @@ class TextEncoder:
         return out
 
     def encode_queries(self, queries: list[str], instruction: str, progress: bool = False) -> np.ndarray:
-        return self.encode([format_query(q, instruction) for q in queries], self.settings.query_max_len, progress)
+        return self.encode(
+            [format_query(q, instruction) for q in queries], self.settings.query_max_len, progress
+        )
 
     def encode_documents(self, docs: list[str], progress: bool = False) -> np.ndarray:
         return self.encode(list(docs), self.settings.doc_max_len, progress)
-

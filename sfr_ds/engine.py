@@ -4,6 +4,7 @@ Checkpoints live in ``<run>/checkpoints/<tag>/`` and ``<run>/checkpoints/latest`
 complete one. The pointer is replaced atomically only after every rank has written its shards and
 a ``complete.json`` marker, so a crash during a save leaves ``latest`` on the previous good one.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -21,7 +22,7 @@ from .config import TrainConfig
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-import deepspeed  # noqa: E402
+import deepspeed
 
 # On CPU DeepSpeed JIT-compiles a shared-memory collective op (~30 s) at init; gloo does the
 # collectives fine without it.
@@ -45,40 +46,60 @@ def ds_config(cfg: TrainConfig, per_rank_queries: int) -> dict:
     path = cfg.deepspeed.config
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
-    problems = [f"{path}: remove '{k}'; sfr-ds sets it from {where}" for k, where in OWNED.items() if k in raw]
+    problems = [
+        f"{path}: remove '{k}'; sfr-ds sets it from {where}" for k, where in OWNED.items() if k in raw
+    ]
     bf16 = bool(raw.get("bf16", {}).get("enabled", False))
     if bf16 != (cfg.model.dtype == "bf16"):
-        problems.append(f"{path}: bf16.enabled={bf16} but model.dtype={cfg.model.dtype!r}; pick a "
-                        "matching DeepSpeed config (e.g. ds_configs/zero2_bf16.json for bf16, "
-                        "ds_configs/zero2.json for fp32)")
+        problems.append(
+            f"{path}: bf16.enabled={bf16} but model.dtype={cfg.model.dtype!r}; pick a "
+            "matching DeepSpeed config (e.g. ds_configs/zero2_bf16.json for bf16, "
+            "ds_configs/zero2.json for fp32)"
+        )
     if problems:
         from .config import ConfigError
+
         raise ConfigError(problems)
     out = dict(raw)
-    out.update(train_micro_batch_size_per_gpu=per_rank_queries, gradient_accumulation_steps=1,
-               gradient_clipping=cfg.optim.grad_clip, steps_per_print=10 ** 9,
-               zero_allow_untested_optimizer=True)
+    out.update(
+        train_micro_batch_size_per_gpu=per_rank_queries,
+        gradient_accumulation_steps=1,
+        gradient_clipping=cfg.optim.grad_clip,
+        steps_per_print=10**9,
+        zero_allow_untested_optimizer=True,
+    )
     out.setdefault("wall_clock_breakdown", False)
     return out
 
 
 def linear_schedule(warmup: int, total: int):
     """lr factor for step s: linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
     def factor(s: int) -> float:
         if s < warmup:
             return (s + 1) / warmup
         return max(0.0, (total - s) / max(1, total - warmup))
+
     return factor
 
 
 def initialize(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, per_rank_queries: int):
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(
+        trainable,
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(cfg.optim.warmup_steps, total_steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                           config=ds_config(cfg, per_rank_queries),
-                                           dist_init_required=False)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=opt,
+        lr_scheduler=sched,
+        config=ds_config(cfg, per_rank_queries),
+        dist_init_required=False,
+    )
     return engine
 
 
@@ -110,14 +131,17 @@ def skip_step(engine) -> None:
 
 # ----------------------------------------------------------------------------- checkpoints
 
+
 def latest_tag(ckpt_root: str | os.PathLike) -> str | None:
     p = Path(ckpt_root) / "latest"
     if not p.exists():
         return None
     tag = p.read_text().strip()
     if not (Path(ckpt_root) / tag / "complete.json").exists():
-        raise RuntimeError(f"{p} names {tag!r}, which has no complete.json marker: the checkpoint "
-                           "is broken (this should never happen; report it)")
+        raise RuntimeError(
+            f"{p} names {tag!r}, which has no complete.json marker: the checkpoint "
+            "is broken (this should never happen; report it)"
+        )
     return tag
 
 
@@ -143,8 +167,9 @@ def save_checkpoint(engine, ckpt_root: str | os.PathLike, step: int, state: dict
     if me.is_main and (root / tag).exists():
         shutil.rmtree(root / tag)  # a leftover of a save that crashed before completing
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state=state, save_latest=False,
-                           exclude_frozen_parameters=True)
+    engine.save_checkpoint(
+        str(root), tag=tag, client_state=state, save_latest=False, exclude_frozen_parameters=True
+    )
     torch.save(rng_state(), root / tag / f"rng_rank{me.rank:05d}.pt")
     dist.barrier()
     if me.is_main:
@@ -163,8 +188,13 @@ def _prune(root: Path, keep: int) -> None:
 
 def load_checkpoint(engine, ckpt_root: str | os.PathLike, tag: str) -> dict:
     """Restore module, optimizer, scheduler and this rank's RNG; returns the client state."""
-    _, state = engine.load_checkpoint(str(ckpt_root), tag=tag, load_module_strict=False,
-                                      load_optimizer_states=True, load_lr_scheduler_states=True)
+    _, state = engine.load_checkpoint(
+        str(ckpt_root),
+        tag=tag,
+        load_module_strict=False,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+    )
     if state is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_root}/{tag}")
     rng = Path(ckpt_root) / tag / f"rng_rank{dist.info().rank:05d}.pt"
@@ -205,6 +235,7 @@ class CheckpointError(RuntimeError):
 def _deepspeed_globals() -> list:
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+
     return [LossScaler, ZeroStageEnum]
 
 
@@ -245,14 +276,17 @@ def read_trainables(tag_dir: Path) -> dict[str, torch.Tensor]:
 
         with mock.patch.object(zero_to_fp32, "torch", _SafeTorch()):  # only its torch.load changes
             state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(
-                str(tag_dir.parent), tag=tag_dir.name, exclude_frozen_parameters=True)
+                str(tag_dir.parent), tag=tag_dir.name, exclude_frozen_parameters=True
+            )
     else:
         state = states["module"]
     shapes = {k: v for group in states["param_shapes"] for k, v in group.items()}
     wrong = [k for k, shape in shapes.items() if k not in state or state[k].shape != shape]
     if wrong or not shapes:
-        raise CheckpointError(f"{tag_dir}: ZeRO-{stage} checkpoint gave {len(wrong)} of {len(shapes)} trainable "
-                          f"tensors missing or mis-shaped (e.g. {wrong[:2]})")
+        raise CheckpointError(
+            f"{tag_dir}: ZeRO-{stage} checkpoint gave {len(wrong)} of {len(shapes)} trainable "
+            f"tensors missing or mis-shaped (e.g. {wrong[:2]})"
+        )
     return {k: state[k] for k in shapes}
 
 

@@ -16,6 +16,7 @@ Adapter. Written the way training writes ``<run>/final``: the same PEFT model bu
 ``run.yaml`` (on the meta device: no weights are read), ``save_pretrained`` with the checkpoint's
 state, the tokenizer, and ``sfr_ds.json`` pointing at the run's base model.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,8 @@ import torch
 import yaml
 
 from .config import TrainConfig, config_from_dict
-from .engine import CheckpointError, read_trainables
 from .encode import META, encode_meta
+from .engine import CheckpointError, read_trainables
 from .model import DTYPES, add_lora, load_tokenizer
 
 BACKBONE = "backbone."  # Embedder's attribute: engine names are backbone.<PeftModel name>
@@ -45,8 +46,10 @@ def locate(checkpoint: str | Path) -> tuple[Path, Path]:
     if (path / "latest").exists():
         path = path / (path / "latest").read_text().strip()
     if not (path / "complete.json").exists():
-        raise ExportError(f"{checkpoint}: not a complete sfr-ds checkpoint (no complete.json); give "
-                          "<run>/checkpoints/step-NNNNNNNN, <run>/checkpoints or <run>")
+        raise ExportError(
+            f"{checkpoint}: not a complete sfr-ds checkpoint (no complete.json); give "
+            "<run>/checkpoints/step-NNNNNNNN, <run>/checkpoints or <run>"
+        )
     run = path.parent.parent
     if not (run / "run.yaml").exists():
         raise ExportError(f"{run}: no run.yaml next to the checkpoints")
@@ -63,8 +66,9 @@ def meta_backbone(cfg: TrainConfig) -> torch.nn.Module:
         arch = dict(cfg.model.random_init)
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     else:
-        config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name_or_path),
-                                            trust_remote_code=cfg.model.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            resolve_model_path(cfg.model.name_or_path), trust_remote_code=cfg.model.trust_remote_code
+        )
     with torch.device("meta"):
         return AutoModel.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
 

@@ -18,10 +18,11 @@ so this module does not import deepspeed. Nothing in a step reads a device value
 except the caller's ``gate`` (and, packing on several ranks, one exchange of chunk counts before
 any device work).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -79,8 +80,9 @@ def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return chunks
 
 
-def plan_chunks(queries: Tokens, docs: Tokens, chunk_size: int,
-                chunk_tokens: int | None) -> tuple[list[Chunk], list[Chunk]]:
+def plan_chunks(
+    queries: Tokens, docs: Tokens, chunk_size: int, chunk_tokens: int | None
+) -> tuple[list[Chunk], list[Chunk]]:
     """Query chunks and document chunks: runs of ``chunk_size`` padded sequences, or packed chunks
     of <= ``chunk_tokens`` real tokens.
 
@@ -98,14 +100,18 @@ def plan_chunks(queries: Tokens, docs: Tokens, chunk_size: int,
         tokens = [sum((q_len if is_q else d_len)[i] for i in r) if len(r) > 1 else -1 for is_q, r in plan]
         j = tokens.index(max(tokens))
         is_q, r = plan[j]
-        plan[j:j + 1] = [(is_q, r[:len(r) // 2]), (is_q, r[len(r) // 2:])]
-    return ([Chunk(queries.pack(r), torch.tensor(r)) for is_q, r in plan if is_q],
-            [Chunk(docs.pack(r), torch.tensor(r)) for is_q, r in plan if not is_q])
+        plan[j : j + 1] = [(is_q, r[: len(r) // 2]), (is_q, r[len(r) // 2 :])]
+    return (
+        [Chunk(queries.pack(r), torch.tensor(r)) for is_q, r in plan if is_q],
+        [Chunk(docs.pack(r), torch.tensor(r)) for is_q, r in plan if not is_q],
+    )
 
 
 def _padded_chunks(tokens: Tokens, size: int) -> list[Chunk]:
-    return [Chunk(tokens.slice(i, min(i + size, len(tokens))), torch.arange(i, min(i + size, len(tokens))))
-            for i in range(0, len(tokens), size)]
+    return [
+        Chunk(tokens.slice(i, min(i + size, len(tokens))), torch.arange(i, min(i + size, len(tokens))))
+        for i in range(0, len(tokens), size)
+    ]
 
 
 def _in_batch_order(embs: list[torch.Tensor], chunks: list[Chunk]) -> torch.Tensor:
@@ -121,8 +127,9 @@ def _in_chunk_order(grad: torch.Tensor, chunks: list[Chunk]) -> list[torch.Tenso
     return list(grad.index_select(0, order).split([len(c.rows) for c in chunks]))
 
 
-def loss_and_grads(loss_fn: LossFn, q: torch.Tensor, d: torch.Tensor,
-                   gather: bool, block_logits: int = LOSS_BLOCK_LOGITS):
+def loss_and_grads(
+    loss_fn: LossFn, q: torch.Tensor, d: torch.Tensor, gather: bool, block_logits: int = LOSS_BLOCK_LOGITS
+):
     """(local loss, d loss/d q, d loss/d d), one block of query rows at a time.
 
     The documents are gathered from all ranks once; each block's backward adds its share to the
@@ -146,8 +153,9 @@ def loss_and_grads(loss_fn: LossFn, q: torch.Tensor, d: torch.Tensor,
     return torch.stack(losses).sum(), q_grad, d.grad
 
 
-def plain_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn,
-                   gate: Gate = _always, gather: bool = False) -> torch.Tensor:
+def plain_backward(
+    engine, queries: Tokens, docs: Tokens, loss_fn: LossFn, gate: Gate = _always, gather: bool = False
+) -> torch.Tensor:
     """Forward the whole local batch with grad, then ``engine.backward``. Returns the local loss."""
     device = engine.device
     q = engine(**vars(queries.to(device)))
@@ -158,9 +166,17 @@ def plain_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn,
     return loss.detach()
 
 
-def gradcache_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn, chunk_size: int,
-                       check_replay: bool = False, gate: Gate = _always, gather: bool = False,
-                       chunk_tokens: int | None = None) -> torch.Tensor:
+def gradcache_backward(
+    engine,
+    queries: Tokens,
+    docs: Tokens,
+    loss_fn: LossFn,
+    chunk_size: int,
+    check_replay: bool = False,
+    gate: Gate = _always,
+    gather: bool = False,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
     """The same gradients as ``plain_backward`` with one chunk's activations alive at a time."""
     device = engine.device
     q_chunks, d_chunks = plan_chunks(queries, docs, chunk_size, chunk_tokens)
@@ -170,8 +186,8 @@ def gradcache_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn, c
         for c in chunks:
             states.append(RngState())
             cached.append(engine(**vars(c.batch.to(device))))
-    q = _in_batch_order(cached[:len(q_chunks)], q_chunks)
-    d = _in_batch_order(cached[len(q_chunks):], d_chunks)
+    q = _in_batch_order(cached[: len(q_chunks)], q_chunks)
+    d = _in_batch_order(cached[len(q_chunks) :], d_chunks)
     if not check_replay:
         cached = None  # free the per-chunk copies
     loss, q_grad, d_grad = loss_and_grads(loss_fn, q, d, gather)
@@ -186,8 +202,13 @@ def gradcache_backward(engine, queries: Tokens, docs: Tokens, loss_fn: LossFn, c
         state.restore()
         emb = engine(**vars(c.batch.to(device)))
         if check_replay:
-            torch.testing.assert_close(emb.detach(), cached[j], rtol=1e-5, atol=1e-6,
-                                       msg=f"GradCache replay differs from the cache pass (chunk {j})")
+            torch.testing.assert_close(
+                emb.detach(),
+                cached[j],
+                rtol=1e-5,
+                atol=1e-6,
+                msg=f"GradCache replay differs from the cache pass (chunk {j})",
+            )
         # d/dθ sum(emb * g) = g · d emb/dθ: the chain rule through the cached gradient
         engine.backward(torch.sum(emb * g))
     after.restore()

@@ -7,6 +7,7 @@ for the device, so the chunk loops of a training step should have none.
 check what a GPU run would synchronise on; ``.tolist()`` runs no op and on a CPU-only machine
 ``.cpu()`` copies nothing, so on a GPU ``torch.cuda.set_sync_debug_mode`` remains the full list.
 """
+
 from __future__ import annotations
 
 import traceback
@@ -16,8 +17,14 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-READS = {torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero, torch.ops.aten.is_nonzero,
-         torch.ops.aten.masked_select, torch.ops.aten.equal, torch.ops.aten._unique2}
+READS = {
+    torch.ops.aten._local_scalar_dense,
+    torch.ops.aten.nonzero,
+    torch.ops.aten.is_nonzero,
+    torch.ops.aten.masked_select,
+    torch.ops.aten.equal,
+    torch.ops.aten._unique2,
+}
 TORCH = str(Path(torch.__file__).parent)
 
 
@@ -40,7 +47,9 @@ class HostReads(TorchDispatchMode):
         return {(Path(file).name, name) for file, _, name in self.where}
 
     def report(self) -> str:
-        return "\n".join(f"{n:>4} x {file}:{line} ({name})" for (file, line, name), n in sorted(self.where.items()))
+        return "\n".join(
+            f"{n:>4} x {file}:{line} ({name})" for (file, line, name), n in sorted(self.where.items())
+        )
 
 
 def short(filename: str) -> str:
@@ -49,5 +58,5 @@ def short(filename: str) -> str:
     for anchor in ("site-packages", "sfr_ds", "tests", "benchmarks"):
         if anchor in parts:
             i = parts.index(anchor)
-            return str(Path(*parts[i + 1 if anchor == "site-packages" else i:]))
+            return str(Path(*parts[i + 1 if anchor == "site-packages" else i :]))
     return filename

@@ -20,6 +20,7 @@ when the model pools the last token, so plain transformers and sentence-transfor
 that training appended by hand), and a sentence-transformers layout: Transformer with per-task
 query/document lengths, pooling, Normalize, and the query prompt ``Instruct: ...\\nQuery: ``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,12 +49,18 @@ DEFAULT_MAX_SHARD_SIZE = "2GB"
 # itself in fp32, and the merged model 2.4e-2 from base + adapter (docs/benchmarks.md).
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
 PEFT_PREFIX = "base_model.model."
-PROBE_QUERIES = ["how do vaccines train the immune system", "capital of australia",
-                 "symptoms of iron deficiency in adults", "what is the boiling point of water at altitude"]
-PROBE_DOCS = ["Canberra is the capital city of Australia.",
-              "Vaccines expose the immune system to a harmless form of a pathogen so that it learns to "
-              "recognise it.", "Fatigue, pale skin and shortness of breath are common signs of anaemia.",
-              "Water boils at a lower temperature at high altitude because the air pressure is lower."]
+PROBE_QUERIES = [
+    "how do vaccines train the immune system",
+    "capital of australia",
+    "symptoms of iron deficiency in adults",
+    "what is the boiling point of water at altitude",
+]
+PROBE_DOCS = [
+    "Canberra is the capital city of Australia.",
+    "Vaccines expose the immune system to a harmless form of a pathogen so that it learns to recognise it.",
+    "Fatigue, pale skin and shortness of breath are common signs of anaemia.",
+    "Water boils at a lower temperature at high altitude because the air pressure is lower.",
+]
 
 
 class MergeError(RuntimeError):
@@ -69,6 +76,7 @@ class MergeReport:
 
 
 # ----------------------------------------------------------------------------- locating inputs
+
 
 def read_meta(folder: Path) -> dict | None:
     path = folder / META
@@ -99,8 +107,10 @@ def weight_files(base: Path) -> list[Path]:
         return [base / n for n in names]
     if (base / "model.safetensors").exists():
         return [base / "model.safetensors"]
-    raise MergeError(f"{base}: no model.safetensors or model.safetensors.index.json; merge reads "
-                     "safetensors only (re-save the base with save_pretrained(..., safe_serialization=True))")
+    raise MergeError(
+        f"{base}: no model.safetensors or model.safetensors.index.json; merge reads "
+        "safetensors only (re-save the base with save_pretrained(..., safe_serialization=True))"
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -113,8 +123,13 @@ def file_sha256(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- the adapter, via peft
 
-UNSUPPORTED = {"use_dora": "DoRA", "modules_to_save": "modules_to_save", "lora_bias": "lora_bias",
-               "trainable_token_indices": "trainable tokens", "target_parameters": "target_parameters"}
+UNSUPPORTED = {
+    "use_dora": "DoRA",
+    "modules_to_save": "modules_to_save",
+    "lora_bias": "lora_bias",
+    "trainable_token_indices": "trainable tokens",
+    "target_parameters": "target_parameters",
+}
 
 
 def read_adapter(adapter: Path):
@@ -127,14 +142,18 @@ def read_adapter(adapter: Path):
         raise MergeError(f"{adapter}: a {config.peft_type} adapter; sfr-ds merge folds LoRA only")
     used = [label for field, label in UNSUPPORTED.items() if getattr(config, field, None)]
     if used:
-        raise MergeError(f"{adapter}: the adapter uses {', '.join(used)}, which the shard-wise merge does "
-                         "not fold; merge it with PeftModel.merge_and_unload() instead")
+        raise MergeError(
+            f"{adapter}: the adapter uses {', '.join(used)}, which the shard-wise merge does "
+            "not fold; merge it with PeftModel.merge_and_unload() instead"
+        )
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in load_peft_weights(str(adapter), device="cpu").items():
         module, sep, part = key.removeprefix(PEFT_PREFIX).partition(".lora_")
         if not sep or part not in ("A.weight", "B.weight"):
-            raise MergeError(f"{adapter}: adapter tensor {key!r} is not a LoRA A/B weight of a linear "
-                             "layer; merge it with PeftModel.merge_and_unload() instead")
+            raise MergeError(
+                f"{adapter}: adapter tensor {key!r} is not a LoRA A/B weight of a linear "
+                "layer; merge it with PeftModel.merge_and_unload() instead"
+            )
         groups.setdefault(module, {})[key] = tensor
     return config, groups
 
@@ -156,8 +175,8 @@ def lora_module(key: str, modules: dict, prefix: str) -> str | None:
     name = key.removesuffix(".weight")
     if name in modules:
         return name
-    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1:] in modules:
-        return name[len(prefix) + 1:]
+    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in modules:
+        return name[len(prefix) + 1 :]
     return None
 
 
@@ -171,6 +190,7 @@ def skeleton(name: str, weight: torch.Tensor, fan_in_fan_out: bool) -> nn.Module
         parent = child
     if fan_in_fan_out:  # GPT-2 style Conv1D keeps weights as [in, out]
         from transformers.pytorch_utils import Conv1D
+
         layer = Conv1D(nf=weight.shape[1], nx=weight.shape[0]).to("meta")
     else:
         layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
@@ -192,12 +212,15 @@ def merge_layer(name: str, weight: torch.Tensor, config, tensors: dict[str, torc
     loaded = set_peft_model_state_dict(model, tensors)
     missing = [k for k in loaded.missing_keys if ".lora_" in k]
     if missing or loaded.unexpected_keys:
-        raise MergeError(f"peft did not load the adapter for {name}: missing {missing}, "
-                         f"unexpected {loaded.unexpected_keys}")
+        raise MergeError(
+            f"peft did not load the adapter for {name}: missing {missing}, "
+            f"unexpected {loaded.unexpected_keys}"
+        )
     return model.merge_and_unload().get_submodule(name).weight.detach()
 
 
 # ----------------------------------------------------------------------------- shard-wise weights
+
 
 class ShardWriter:
     """Collects tensors into shards of at most ``max_bytes`` and writes each as soon as it is full."""
@@ -230,7 +253,11 @@ class ShardWriter:
         if self.buffer:
             self.flush()
         n = len(self.files)
-        names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        names = (
+            ["model.safetensors"]
+            if n == 1
+            else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
         weight_map = {}
         for (path, keys), name in zip(self.files, names):
             path.rename(self.out / name)
@@ -250,8 +277,9 @@ def read_tensor(path: Path, key: str) -> torch.Tensor:
         return f.get_tensor(key)
 
 
-def merge_weights(adapter: Path, base: Path, out: Path, dtype: str,
-                  max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> list[str]:
+def merge_weights(
+    adapter: Path, base: Path, out: Path, dtype: str, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE
+) -> list[str]:
     """Base shards + LoRA -> merged safetensors shards in ``out``; returns the file names."""
     from safetensors import safe_open
     from transformers.utils.hub import convert_file_size_to_int
@@ -276,13 +304,19 @@ def merge_weights(adapter: Path, base: Path, out: Path, dtype: str,
             writer.add(key, tensor)
     missing = sorted(set(groups) - done)
     if missing:
-        raise MergeError(f"{len(missing)} adapter layers have no weight in {base}, e.g. {missing[:3]}; " + (
-            "its layers are saved PEFT-wrapped (*.base_layer.weight): re-save the base without LoRA"
-            if wrapped else "is it the base model this adapter was trained on?"))
+        raise MergeError(
+            f"{len(missing)} adapter layers have no weight in {base}, e.g. {missing[:3]}; "
+            + (
+                "its layers are saved PEFT-wrapped (*.base_layer.weight): re-save the base without LoRA"
+                if wrapped
+                else "is it the base model this adapter was trained on?"
+            )
+        )
     return writer.close()
 
 
 # ----------------------------------------------------------------------------- config, tokenizer, ST
+
 
 def write_config(base: Path, out: Path, dtype: str) -> int:
     """config.json (and generation_config.json) of the base with the output dtype; returns hidden size."""
@@ -303,8 +337,11 @@ def write_tokenizer(adapter: Path, out: Path, meta: dict) -> None:
 
     tok = load_tokenizer(ModelConfig(name_or_path=str(adapter)))
     if meta["append_eos"]:
-        eos = processors.TemplateProcessing(single=f"$A {tok.eos_token}", pair=f"$A $B {tok.eos_token}",
-                                            special_tokens=[(tok.eos_token, tok.eos_token_id)])
+        eos = processors.TemplateProcessing(
+            single=f"$A {tok.eos_token}",
+            pair=f"$A $B {tok.eos_token}",
+            special_tokens=[(tok.eos_token, tok.eos_token_id)],
+        )
         current = tok.backend_tokenizer.post_processor
         tok.backend_tokenizer.post_processor = processors.Sequence([current, eos]) if current else eos
     tok.model_max_length = meta["doc_max_len"]
@@ -317,29 +354,58 @@ ST_POOLING = {"last": "lasttoken", "mean": "mean", "cls": "cls"}
 def write_sentence_transformers(out: Path, meta: dict, hidden_size: int, instruction: str) -> None:
     """modules.json and module configs as sentence-transformers 6.2 saves them (tested by loading)."""
     st = "sentence_transformers."
-    modules = [{"idx": 0, "name": "0", "path": "", "type": st + "base.modules.transformer.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling",
-                "type": st + "sentence_transformer.modules.pooling.Pooling"}]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": st + "base.modules.transformer.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": st + "sentence_transformer.modules.pooling.Pooling",
+        },
+    ]
     if meta["normalize"]:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": st + "base.modules.normalize.Normalize"})
-        _write_json(out / "2_Normalize" / "config.json",
-                    {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"})
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": st + "base.modules.normalize.Normalize"}
+        )
+        _write_json(
+            out / "2_Normalize" / "config.json",
+            {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"},
+        )
     _write_json(out / "modules.json", modules)
-    _write_json(out / "sentence_bert_config.json", {
-        "transformer_task": "feature-extraction",
-        "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
-        "module_output_name": "token_embeddings",
-        "query_length": meta["query_max_len"], "document_length": meta["doc_max_len"]})
+    _write_json(
+        out / "sentence_bert_config.json",
+        {
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+            "module_output_name": "token_embeddings",
+            "query_length": meta["query_max_len"],
+            "document_length": meta["doc_max_len"],
+        },
+    )
     # include_prompt must stay true: last-token pooling reads the last position the mask keeps
-    _write_json(out / "1_Pooling" / "config.json", {
-        "embedding_dimension": hidden_size, "pooling_mode": ST_POOLING[meta["pooling"]], "include_prompt": True})
-    _write_json(out / "config_sentence_transformers.json", {
-        "model_type": "SentenceTransformer",
-        "prompts": {"query": format_query("", instruction), "document": ""},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine" if meta["normalize"] else "dot",
-        "requirements": {"sentence-transformers": {
-            "specifier": ">=6.2", "reason": "per-task query_length/document_length"}}})
+    _write_json(
+        out / "1_Pooling" / "config.json",
+        {
+            "embedding_dimension": hidden_size,
+            "pooling_mode": ST_POOLING[meta["pooling"]],
+            "include_prompt": True,
+        },
+    )
+    _write_json(
+        out / "config_sentence_transformers.json",
+        {
+            "model_type": "SentenceTransformer",
+            "prompts": {"query": format_query("", instruction), "document": ""},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if meta["normalize"] else "dot",
+            "requirements": {
+                "sentence-transformers": {
+                    "specifier": ">=6.2",
+                    "reason": "per-task query_length/document_length",
+                }
+            },
+        },
+    )
 
 
 def _write_json(path: Path, data) -> None:
@@ -348,6 +414,7 @@ def _write_json(path: Path, data) -> None:
 
 
 # ----------------------------------------------------------------------------- verification
+
 
 def reference_embeddings(adapter: Path, dtype: str, instruction: str) -> torch.Tensor:
     """Probe embeddings of base + adapter, encoded by sfr-ds as in training."""
@@ -363,11 +430,14 @@ def merged_embeddings(folder: Path, meta: dict, dtype: str, instruction: str) ->
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(folder))
-    model = Embedder(AutoModel.from_pretrained(str(folder), dtype=DTYPES[dtype]), meta["pooling"],
-                     meta["normalize"]).eval()
+    model = Embedder(
+        AutoModel.from_pretrained(str(folder), dtype=DTYPES[dtype]), meta["pooling"], meta["normalize"]
+    ).eval()
     out = []
-    for texts, max_len in (([format_query(q, instruction) for q in PROBE_QUERIES], meta["query_max_len"]),
-                           (PROBE_DOCS, meta["doc_max_len"])):
+    for texts, max_len in (
+        ([format_query(q, instruction) for q in PROBE_QUERIES], meta["query_max_len"]),
+        (PROBE_DOCS, meta["doc_max_len"]),
+    ):
         batch = tok(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
         out.append(model(batch["input_ids"], batch["attention_mask"]))
     return torch.cat(out)
@@ -381,6 +451,7 @@ def verify(merged: Path, adapter: Path, dtype: str, instruction: str) -> float:
 
 
 # ----------------------------------------------------------------------------- the command
+
 
 def adapter_digest(adapter: Path) -> str:
     return file_sha256(adapter / "adapter_model.safetensors")
@@ -414,9 +485,15 @@ def build(adapter: Path, meta: dict, partial: Path, dtype: str, max_shard_size: 
     return len(files)
 
 
-def merge(source: str | Path, out: str | Path, dtype: str | None = None,
-          max_shard_size: str = DEFAULT_MAX_SHARD_SIZE, instruction: str | None = None,
-          check: bool = True, tolerance: float | None = None) -> MergeReport:
+def merge(
+    source: str | Path,
+    out: str | Path,
+    dtype: str | None = None,
+    max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
+    instruction: str | None = None,
+    check: bool = True,
+    tolerance: float | None = None,
+) -> MergeReport:
     """Merge a run's (or adapter folder's) LoRA into full weights in ``out``, verified on probe texts.
 
     Built in a sibling ``.partial`` folder, renamed into place only once verified. A source that is
@@ -438,16 +515,28 @@ def merge(source: str | Path, out: str | Path, dtype: str | None = None,
         report.max_abs_diff = verify(partial, adapter, dtype, instruction)
         report.tolerance = TOLERANCE[dtype] if tolerance is None else tolerance
         if report.max_abs_diff > report.tolerance:
-            raise MergeError(f"merged and unmerged embeddings differ by {report.max_abs_diff:.3g} > "
-                             f"{report.tolerance:g} ({dtype}); the unverified model is in {partial}")
-        report.message += (f"; probe embeddings agree with base + adapter to {report.max_abs_diff:.3g} "
-                           f"(tolerance {report.tolerance:g})")
+            raise MergeError(
+                f"merged and unmerged embeddings differ by {report.max_abs_diff:.3g} > "
+                f"{report.tolerance:g} ({dtype}); the unverified model is in {partial}"
+            )
+        report.message += (
+            f"; probe embeddings agree with base + adapter to {report.max_abs_diff:.3g} "
+            f"(tolerance {report.tolerance:g})"
+        )
     keep = ("pooling", "normalize", "append_eos", "query_max_len", "doc_max_len")
-    _write_json(partial / META, {
-        "merged": True, "source_adapter": str(adapter.resolve()), "adapter_sha256": adapter_digest(adapter),
-        "merged_from_base": str(base_model_dir(adapter, meta)), "dtype": dtype, **{k: meta[k] for k in keep},
-        "query_instruction": instruction,
-        "verify": {"max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance}})
+    _write_json(
+        partial / META,
+        {
+            "merged": True,
+            "source_adapter": str(adapter.resolve()),
+            "adapter_sha256": adapter_digest(adapter),
+            "merged_from_base": str(base_model_dir(adapter, meta)),
+            "dtype": dtype,
+            **{k: meta[k] for k in keep},
+            "query_instruction": instruction,
+            "verify": {"max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance},
+        },
+    )
     if out.exists():
         out.rmdir()
     partial.rename(out)

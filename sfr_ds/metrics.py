@@ -1,4 +1,5 @@
 """Per-step metrics: one JSON object per line in ``metrics.jsonl`` and TensorBoard events (rank 0)."""
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ class MetricsLog:
             self.path.write_text("".join(line + "\n" for line in kept))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def log(self, row: dict) -> None:

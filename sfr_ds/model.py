@@ -7,6 +7,7 @@ transformers dispatches to for every layer (the backbone must route attention th
 ``ALL_ATTENTION_FUNCTIONS`` and pass its keyword arguments on; Mistral, Llama and BERT are tested, and
 one that does not fails loudly rather than mixing sequences).
 """
+
 from __future__ import annotations
 
 import functools
@@ -71,14 +72,19 @@ class Embedder(nn.Module):
         super().__init__()
         self.backbone, self.pooling, self.normalize = backbone, pooling, normalize
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                segments: Segments | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        segments: Segments | None = None,
+    ) -> torch.Tensor:
         if segments is None:
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             emb = pool(hidden, attention_mask, self.pooling)
         else:  # ``segments`` reaches packed_attention in every layer as a keyword argument
-            hidden = self.backbone(input_ids=input_ids, position_ids=segments.position_ids,
-                                   segments=segments).last_hidden_state
+            hidden = self.backbone(
+                input_ids=input_ids, position_ids=segments.position_ids, segments=segments
+            ).last_hidden_state
             emb = pool_packed(hidden[0], segments, self.pooling)
         emb = emb.float()
         return F.normalize(emb, dim=-1) if self.normalize else emb
@@ -86,31 +92,45 @@ class Embedder(nn.Module):
 
 # ----------------------------------------------------------------------------- packed attention
 
-def packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, scaling: float | None = None,
-                     dropout: float = 0.0, sliding_window: int | None = None,
-                     segments: Segments | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+
+def packed_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    segments: Segments | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers attention over a packed row: query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D].
 
     Each token attends only within its own sequence (causally where ``module.is_causal``), which
     is what the same sequence alone, or right-padded in a batch, would compute.
     """
     if segments is None:
-        raise ValueError(f"{type(module).__name__}: this backbone was loaded for packed inputs and needs "
-                         "'segments' in every attention call; feed it Packed batches (or load it with "
-                         "packed=False), and check that the architecture passes attention kwargs on")
+        raise ValueError(
+            f"{type(module).__name__}: this backbone was loaded for packed inputs and needs "
+            "'segments' in every attention call; feed it Packed batches (or load it with "
+            "packed=False), and check that the architecture passes attention kwargs on"
+        )
     if sliding_window is not None and segments.max_len > sliding_window:
-        raise NotImplementedError(f"a packed sequence of {segments.max_len} tokens is longer than the "
-                                  f"sliding window ({sliding_window}); switch gradcache.packing off")
+        raise NotImplementedError(
+            f"a packed sequence of {segments.max_len} tokens is longer than the "
+            f"sliding window ({sliding_window}); switch gradcache.packing off"
+        )
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, D]
     causal = getattr(module, "is_causal", True)
     out = _varlen_attention(q, k, v, segments, causal, scaling, dropout)
     return out.unsqueeze(0), None
 
 
-def _varlen_attention(q, k, v, segments: Segments, causal: bool, scale: float | None,
-                      dropout: float) -> torch.Tensor:
-    """[T, heads, D] -> [T, H, D]: flash-attn's varlen kernel, else PyTorch's, else sdpa on the unpacked chunk."""
+def _varlen_attention(
+    q, k, v, segments: Segments, causal: bool, scale: float | None, dropout: float
+) -> torch.Tensor:
+    """[T, heads, D] -> [T, H, D]: flash-attn's varlen kernel, else PyTorch's, else sdpa per sequence."""
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         cu, L = segments.cu_seqlens, segments.max_len
         flash = _flash_attn_varlen()
@@ -127,8 +147,9 @@ def _varlen_attention(q, k, v, segments: Segments, causal: bool, scale: float | 
     return _padded_attention(q, k, v, segments, causal, scale, dropout)
 
 
-def _padded_attention(q, k, v, segments: Segments, causal: bool, scale: float | None,
-                      dropout: float) -> torch.Tensor:
+def _padded_attention(
+    q, k, v, segments: Segments, causal: bool, scale: float | None, dropout: float
+) -> torch.Tensor:
     """sdpa over the chunk's sequences scattered into [n, L] and gathered back.
 
     Only attention sees the padding (linear layers, most of the FLOPs, see real tokens alone), and
@@ -147,8 +168,16 @@ def _padded_attention(q, k, v, segments: Segments, causal: bool, scale: float | 
     if not causal:
         lengths = (segments.cu_seqlens[1:] - segments.cu_seqlens[:-1]).unsqueeze(1)
         mask = (torch.arange(L, device=q.device) < lengths)[:, None, None, :]
-    out = F.scaled_dot_product_attention(unpack(q), unpack(k), unpack(v), attn_mask=mask, dropout_p=dropout,
-                                         is_causal=causal, scale=scale, enable_gqa=q.size(1) != k.size(1))
+    out = F.scaled_dot_product_attention(
+        unpack(q),
+        unpack(k),
+        unpack(v),
+        attn_mask=mask,
+        dropout_p=dropout,
+        is_causal=causal,
+        scale=scale,
+        enable_gqa=q.size(1) != k.size(1),
+    )
     return out.transpose(1, 2).reshape(n * L, q.size(1), q.size(2)).index_select(0, index)
 
 
@@ -172,8 +201,9 @@ def _torch_varlen_params() -> frozenset:
     return frozenset(inspect.signature(varlen_attn).parameters)
 
 
-def _torch_varlen_kwargs(causal: bool, scale: float | None, gqa: bool,
-                         head_dim: int) -> tuple[dict, bool] | None:
+def _torch_varlen_kwargs(
+    causal: bool, scale: float | None, gqa: bool, head_dim: int
+) -> tuple[dict, bool] | None:
     """(keyword arguments for PyTorch's ``varlen_attn``, whether K/V heads must first be repeated to
     the query's count), or None where this torch lacks the kernel or what the call needs. Its
     signature changed between releases: 2.10 has ``is_causal`` and no ``scale``, 2.11 ``scale`` and
@@ -187,7 +217,7 @@ def _torch_varlen_kwargs(causal: bool, scale: float | None, gqa: bool,
         return None
     if scale is not None and "scale" in params:
         kwargs["scale"] = scale
-    elif scale is not None and not math.isclose(scale, head_dim ** -0.5, rel_tol=1e-6):
+    elif scale is not None and not math.isclose(scale, head_dim**-0.5, rel_tol=1e-6):
         return None  # a non-default scale this kernel cannot take
     expand = gqa and "enable_gqa" not in params
     if gqa and not expand:
@@ -245,9 +275,12 @@ def load_backbone(cfg: ModelConfig, packed: bool = False) -> nn.Module:
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)
         model = AutoModel.from_config(config, attn_implementation=attn, dtype=dtype)
     else:
-        model = AutoModel.from_pretrained(resolve_model_path(cfg.name_or_path), dtype=dtype,
-                                          attn_implementation=attn,
-                                          trust_remote_code=cfg.trust_remote_code)
+        model = AutoModel.from_pretrained(
+            resolve_model_path(cfg.name_or_path),
+            dtype=dtype,
+            attn_implementation=attn,
+            trust_remote_code=cfg.trust_remote_code,
+        )
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -255,10 +288,16 @@ def load_backbone(cfg: ModelConfig, packed: bool = False) -> nn.Module:
 
 
 def add_lora(backbone: nn.Module, cfg: LoraConfig) -> nn.Module:
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=cfg.target_modules, bias="none")
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+    )
     return get_peft_model(backbone, peft_cfg)
 
 
@@ -268,8 +307,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def build_embedder(model_cfg: ModelConfig, lora_cfg: LoraConfig | None, packed: bool = False,
-                   save_base_to: str | None = None) -> Embedder:
+def build_embedder(
+    model_cfg: ModelConfig, lora_cfg: LoraConfig | None, packed: bool = False, save_base_to: str | None = None
+) -> Embedder:
     """Backbone (+ LoRA) + pooling. ``save_base_to`` keeps the backbone's weights before LoRA wraps
     its layers: a randomly initialised base exists nowhere else, and merge/eval need it."""
     backbone = load_backbone(model_cfg, packed)

@@ -7,6 +7,7 @@ submits only what is missing, and depends on jobs of earlier stages still queued
 Jobs are chained with ``afterok`` and ``--kill-on-invalid-dep=yes``: a failed stage cancels its
 dependants instead of leaving them pending forever.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZI
 @dataclass
 class SlurmResources:
     """Extra sbatch options per stage (eval: one GPU; mining: sharded over --ntasks ranks)."""
+
     mine: list = field(default_factory=lambda: ["--ntasks=1", "--gpus-per-task=1", "--time=12:00:00"])
     train: list = field(default_factory=list)  # slurm/train_8xa100.sh carries its own #SBATCH lines
     eval: list = field(default_factory=lambda: ["--ntasks=1", "--gpus-per-task=1", "--time=12:00:00"])
@@ -75,6 +77,7 @@ def load_rounds_config(path: str | os.PathLike, overrides: list[str] | None = No
 
 # ----------------------------------------------------------------------------- stages
 
+
 def round_dir(cfg: RoundsConfig, r: int) -> Path:
     return Path(cfg.output_dir) / f"round-{r}"
 
@@ -100,12 +103,35 @@ def commands(cfg: RoundsConfig, r: int) -> dict[str, list[str]]:
     teacher = cfg.teacher if r == 1 else f"self:{round_dir(cfg, r - 1) / 'train'}"
     py = [sys.executable, "-m", "sfr_ds.cli"]
     return {
-        "mine": py + ["mine", cfg.train_input, "--corpus", cfg.corpus, "--teacher", teacher,
-                      "--out", str(d / "mined.jsonl"), "--no-progress", *map(str, cfg.mine_args)],
-        "train": [cfg.train_config, "--output-dir", str(d / "train"),
-                  f"data.train_files=[{d / 'mined.jsonl'}]", *map(str, cfg.train_overrides)],
-        "eval": py + ["eval", str(d / "train"), "--output-dir", str(d / "eval"), "--no-progress",
-                      *map(str, cfg.eval_args)],
+        "mine": py
+        + [
+            "mine",
+            cfg.train_input,
+            "--corpus",
+            cfg.corpus,
+            "--teacher",
+            teacher,
+            "--out",
+            str(d / "mined.jsonl"),
+            "--no-progress",
+            *map(str, cfg.mine_args),
+        ],
+        "train": [
+            cfg.train_config,
+            "--output-dir",
+            str(d / "train"),
+            f"data.train_files=[{d / 'mined.jsonl'}]",
+            *map(str, cfg.train_overrides),
+        ],
+        "eval": py
+        + [
+            "eval",
+            str(d / "train"),
+            "--output-dir",
+            str(d / "eval"),
+            "--no-progress",
+            *map(str, cfg.eval_args),
+        ],
     }
 
 
@@ -126,13 +152,20 @@ class Pipeline:
 
     # ------------------------------------------------------------------ slurm
     def job_state(self, job: str) -> str:
-        p = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True,
-                           env=self.env, timeout=60)
+        p = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=self.env, timeout=60
+        )
         return p.stdout.strip() or "ENDED"
 
     def _sbatch(self, args: list[str]) -> str:
-        p = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True,
-                           env=self.env, timeout=60, cwd=PROJECT_ROOT)
+        p = subprocess.run(
+            ["sbatch", "--parsable", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+            cwd=PROJECT_ROOT,
+        )
         if p.returncode != 0:
             raise RuntimeError(f"sbatch {' '.join(args)} failed: {p.stderr.strip()}")
         return p.stdout.strip().split(";")[0]
@@ -155,8 +188,11 @@ class Pipeline:
                     report.append(f"round {r} {stage}: job {job} still {self.job_state(job).lower()}")
                     previous = job
                     continue
-                args = [f"--job-name=sfr-{stage}-r{r}", f"--output={logs}/{stage}-%j.out",
-                        *getattr(self.cfg.slurm, stage)]
+                args = [
+                    f"--job-name=sfr-{stage}-r{r}",
+                    f"--output={logs}/{stage}-%j.out",
+                    *getattr(self.cfg.slurm, stage),
+                ]
                 if previous:
                     args += [f"--dependency=afterok:{previous}", "--kill-on-invalid-dep=yes"]
                 if stage == "train":
@@ -179,7 +215,8 @@ class Pipeline:
                 elif job and (s := self.job_state(job)) in ACTIVE:
                     what = f"job {job} {s.lower()}"
                 elif job:
-                    what = f"job {job} ended without its output: failed or cancelled (see {round_dir(self.cfg, r)}/logs)"
+                    logs = round_dir(self.cfg, r) / "logs"
+                    what = f"job {job} ended without its output: failed or cancelled (see {logs})"
                 else:
                     what = "not submitted"
                 lines.append(f"round {r} {stage}: {what}")
@@ -197,8 +234,16 @@ class Pipeline:
                     continue
                 cmd = cmds[stage]
                 if stage == "train":
-                    cmd = [sys.executable, "-m", "sfr_ds.cli", "train", *cmd, "--resume",
-                           "--nproc-per-node", str(nproc)]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "sfr_ds.cli",
+                        "train",
+                        *cmd,
+                        "--resume",
+                        "--nproc-per-node",
+                        str(nproc),
+                    ]
                 if subprocess.call(cmd, env=self.env, cwd=PROJECT_ROOT) != 0:
                     raise RuntimeError(f"round {r} {stage} failed: {shlex.join(cmd)}")
                 report.append(f"round {r} {stage}: done")

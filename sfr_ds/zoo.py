@@ -6,6 +6,7 @@
 ``builtin:tiny-tokenizer`` a 2k-vocabulary BPE tokenizer for tiny random test models.
 Anything else is returned unchanged (a local path or a hub name).
 """
+
 from __future__ import annotations
 
 import fcntl

@@ -1,4 +1,5 @@
 """Shared test setup: offline, CPU DeepSpeed, and helpers that start real processes."""
+
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -33,9 +35,10 @@ def proc_env() -> dict:
 
 def run(cmd: list[str], timeout: int = 300, **kw) -> subprocess.CompletedProcess:
     """Run a command; on failure show its output in the assertion."""
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=proc_env(),
-                       cwd=ROOT, **kw)
-    assert p.returncode == 0, f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=proc_env(), cwd=ROOT, **kw)
+    assert p.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
+    )
     return p
 
 
@@ -47,9 +50,21 @@ def torchrun_worker(n: int, out: Path, *overrides: str, config: Path = TINY) -> 
     """Train under torchrun with N ranks and return {step: {param: full gradient}}."""
     import torch
 
-    run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--nnodes=1",
-         "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(ROOT / "tests" / "dist_worker.py"),
-         str(config), str(out), *overrides])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={n}",
+            "--nnodes=1",
+            "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}",
+            str(ROOT / "tests" / "dist_worker.py"),
+            str(config),
+            str(out),
+            *overrides,
+        ]
+    )
     return torch.load(out, weights_only=True)
 
 

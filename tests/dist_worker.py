@@ -1,7 +1,8 @@
 """Run by the tests under torchrun: train with a config and record each step's full gradients.
 
-    python -m torch.distributed.run --nproc-per-node N tests/dist_worker.py CONFIG OUT.pt [key=value ...]
+python -m torch.distributed.run --nproc-per-node N tests/dist_worker.py CONFIG OUT.pt [key=value ...]
 """
+
 import sys
 
 import torch

@@ -6,6 +6,7 @@ OUT.pt maps s -> the full trainable weights after s optimizer steps, for s = 0 .
 runs after the backward of step s+1, before its optimizer step), as ``engine.module_state`` gathers
 them on every rank (under ZeRO-3 too).
 """
+
 import sys
 
 import torch

@@ -1,14 +1,14 @@
 """The training-step benchmark stays runnable (a GPU session has minutes, none to spend on a broken
 script) and its Mistral-7B shape is Mistral-7B's."""
+
 import json
 import sys
 
 import torch
-
 from conftest import ROOT, run
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import train_step  # noqa: E402
+import train_step
 
 
 def test_mistral_7b_shape_has_mistral_7b_parameter_count():
@@ -26,9 +26,27 @@ def test_mistral_7b_shape_has_mistral_7b_parameter_count():
 
 def test_train_step_benchmark_runs_both_modes_on_the_same_tokens(tmp_path):
     out = tmp_path / "bench.json"
-    p = run([sys.executable, str(ROOT / "benchmarks/train_step.py"), "--shape", "tiny", "--queries", "8",
-             "--steps", "1", "--warmup", "0", "--threads", "1", "--chunk-size", "8", "--host-reads",
-             "--json", str(out)])
+    p = run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/train_step.py"),
+            "--shape",
+            "tiny",
+            "--queries",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--chunk-size",
+            "8",
+            "--host-reads",
+            "--json",
+            str(out),
+        ]
+    )
     rows = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
     base, fast = rows["baseline"], rows["fast"]
     assert base["real_tokens"] == fast["real_tokens"] > 8 * 9  # the same 8 x 9 sequences
@@ -39,13 +57,28 @@ def test_train_step_benchmark_runs_both_modes_on_the_same_tokens(tmp_path):
     # the whole step through DeepSpeed: the packed path reads device values only at the gate
     # (sfr_ds/train.py), the gradient norm (engine.py, DeepSpeed) and in host-side packing
     fast_reads = fast["host_reads"].splitlines()
-    assert fast_reads and not [r for r in fast_reads if any(
-        where in r for where in ("gradcache.py", "model.py", "transformers/", "peft/"))], fast["host_reads"]
+    assert fast_reads and not [
+        r
+        for r in fast_reads
+        if any(where in r for where in ("gradcache.py", "model.py", "transformers/", "peft/"))
+    ], fast["host_reads"]
     assert "transformers/masking_utils.py" in base["host_reads"]  # padded: a mask check per forward
 
 
 def test_host_inputs_benchmark_measures_one_ranks_share():
-    p = run([sys.executable, str(ROOT / "benchmarks/host_inputs.py"), "--tokenizer", "builtin:tiny-tokenizer",
-             "--ranks", "4", "--global-batch", "64", "--steps", "2"])
+    p = run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/host_inputs.py"),
+            "--tokenizer",
+            "builtin:tiny-tokenizer",
+            "--ranks",
+            "4",
+            "--global-batch",
+            "64",
+            "--steps",
+            "2",
+        ]
+    )
     assert "one rank's share (16 queries x 8 documents of a 64-query global batch over 4 ranks" in p.stdout
     assert "of its rate alone" in p.stdout

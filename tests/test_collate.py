@@ -1,4 +1,5 @@
 """Prompt format, explicit EOS, truncation, and pooling under both padding sides."""
+
 import torch
 from transformers import AutoTokenizer
 
@@ -12,8 +13,10 @@ def tiny_tok():
 
 
 def test_query_format_and_documents_without_instruction():
-    assert format_query("how tall?", "Given a question, retrieve answers") == \
-        "Instruct: Given a question, retrieve answers\nQuery: how tall?"
+    assert (
+        format_query("how tall?", "Given a question, retrieve answers")
+        == "Instruct: Given a question, retrieve answers\nQuery: how tall?"
+    )
     assert format_query("plain", "") == "plain"
 
 
@@ -26,7 +29,7 @@ def test_eos_is_appended_after_tokenization_and_survives_truncation():
     for row, mask in zip(t.input_ids, t.attention_mask):
         last = int(mask.sum()) - 1
         assert row[last] == tok.eos_token_id and row[0] == tok.bos_token_id
-        assert (row[last + 1:] == tok.pad_token_id).all()
+        assert (row[last + 1 :] == tok.pad_token_id).all()
     assert int(t.attention_mask[1].sum()) == 16  # truncated text + EOS fill max_len exactly
 
 

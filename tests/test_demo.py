@@ -4,25 +4,33 @@ MiniLM (a real 22M encoder) stands in for SmolLM2 so the whole chain (prepare, m
 train with 2 ranks under ZeRO-2 with GradCache, merge, evaluate) fits in a test; the measured
 SmolLM2 demo is in README.md and docs/ablations.md.
 """
+
 import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, sfr_ds
+
 from sfr_ds.ablate import load_ablate_config, plan
 from sfr_ds.config import ConfigError
 from sfr_ds.data.records import read_jsonl, write_jsonl
-from sfr_ds.demo import BUNDLED as TRAIN_BUNDLE, TRAIN_FILES
+from sfr_ds.demo import BUNDLED as TRAIN_BUNDLE
+from sfr_ds.demo import TRAIN_FILES
 from sfr_ds.eval.suite import BUNDLED
 
 MINILM_TRAIN = {
     "model": {"name_or_path": "builtin:minilm", "pooling": "mean", "dtype": "fp32"},
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-    "data": {"train_files": [], "global_batch_size": 8, "hard_negatives": 1, "query_max_len": 32,
-             "doc_max_len": 48, "homogeneous": True},
+    "data": {
+        "train_files": [],
+        "global_batch_size": 8,
+        "hard_negatives": 1,
+        "query_max_len": 32,
+        "doc_max_len": 48,
+        "homogeneous": True,
+    },
     "gradcache": {"enabled": True, "packing": True, "chunk_tokens": 256},
     "optim": {"lr": 1e-3, "warmup_steps": 1, "max_steps": 2},
     "deepspeed": {"config": str(ROOT / "ds_configs" / "zero2.json")},
@@ -55,8 +63,20 @@ def minilm_config(tmp_path_factory) -> Path:
 
 def test_demo_runs_every_stage_then_continues_from_its_outputs(tmp_path, minilm_config):
     out = tmp_path / "demo"
-    args = ["demo", "--output-dir", out, "--config", minilm_config, "--teacher", "bm25",
-            "--records-per-dataset", "16", "--range", "0", "20"]
+    args = [
+        "demo",
+        "--output-dir",
+        out,
+        "--config",
+        minilm_config,
+        "--teacher",
+        "bm25",
+        "--records-per-dataset",
+        "16",
+        "--range",
+        "0",
+        "20",
+    ]
     first = sfr_ds(*args, timeout=900).stdout
     heads = re.findall(r"\[demo (\d)/6 +\d+s\] ([^\n]*?) ->", first)
     assert [n for n, _ in heads] == list("123456"), first
@@ -65,7 +85,9 @@ def test_demo_runs_every_stage_then_continues_from_its_outputs(tmp_path, minilm_
     assert len(mined) == 48 and sum(bool(r["neg"]) for r in mined) >= 40
     merged_meta = json.loads((out / "merged" / "sfr_ds.json").read_text())
     assert merged_meta["merged"] and merged_meta["pooling"] == "mean"
-    assert json.loads((out / "eval" / "after" / "model_settings.json").read_text())["source"] == str(out / "merged")
+    assert json.loads((out / "eval" / "after" / "model_settings.json").read_text())["source"] == str(
+        out / "merged"
+    )
 
     rows = table_rows((out / "summary.md").read_text().split("\n", 2)[2])
     assert rows["Metric"][:2] == ["untrained", "trained"]
@@ -83,21 +105,33 @@ def test_demo_runs_every_stage_then_continues_from_its_outputs(tmp_path, minilm_
 
 def test_ablate_shares_the_baseline_and_tabulates_each_row(tmp_path, minilm_config):
     cfg = tmp_path / "ablate.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "output_dir": str(tmp_path / "ab"), "train_config": str(minilm_config), "records_per_dataset": 16,
-        "baseline": {"teacher": "bm25", "window": [30, 100], "k": 3},
-        "eval_args": ["--tasks", STS, "--query-max-len", "32", "--doc-max-len", "48"],
-        "studies": {"teacher": {"title": "Teacher", "rows": {"BM25": {}, "Self": {"teacher": "self"}}},
-                    "negatives": {"rows": {"#HN=1": {}, "#HN=2": {"train": {"data.hard_negatives": 2}}}}},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "ab"),
+                "train_config": str(minilm_config),
+                "records_per_dataset": 16,
+                "baseline": {"teacher": "bm25", "window": [30, 100], "k": 3},
+                "eval_args": ["--tasks", STS, "--query-max-len", "32", "--doc-max-len", "48"],
+                "studies": {
+                    "teacher": {"title": "Teacher", "rows": {"BM25": {}, "Self": {"teacher": "self"}}},
+                    "negatives": {"rows": {"#HN=1": {}, "#HN=2": {"train": {"data.hard_negatives": 2}}}},
+                },
+            }
+        )
+    )
     out = sfr_ds("ablate", cfg, timeout=1200).stdout
     rows = sorted(p.name for p in (tmp_path / "ab" / "rows").iterdir())
     assert rows == ["baseline", "data.hard_negatives-2", "teacher-self"]  # baseline trained once
-    run_yaml = yaml.safe_load((tmp_path / "ab" / "rows" / "data.hard_negatives-2" / "train" / "run.yaml").read_text())
+    run_yaml = yaml.safe_load(
+        (tmp_path / "ab" / "rows" / "data.hard_negatives-2" / "train" / "run.yaml").read_text()
+    )
     assert run_yaml["data"]["hard_negatives"] == 2
     assert "--teacher self:" + str(tmp_path / "ab" / "rows" / "baseline" / "train") in out
-    for study, columns in (("teacher", {"BM25": "baseline", "Self": "teacher-self"}),
-                           ("negatives", {"#HN=1": "baseline", "#HN=2": "data.hard_negatives-2"})):
+    for study, columns in (
+        ("teacher", {"BM25": "baseline", "Self": "teacher-self"}),
+        ("negatives", {"#HN=1": "baseline", "#HN=2": "data.hard_negatives-2"}),
+    ):
         table = table_rows((tmp_path / "ab" / f"{study}.md").read_text().split("\n\n", 1)[1])
         assert table["Metric"][:2] == list(columns)
         for cell, row in zip(table["STS"], columns.values()):  # --tasks: grouped by type
@@ -109,16 +143,25 @@ def test_ablate_shares_the_baseline_and_tabulates_each_row(tmp_path, minilm_conf
 
 def test_ablate_config_reports_every_problem_at_once(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "baseline": {"teacher": "self", "window": [100, 30], "k": 7},
-        "studies": {"a": {"rows": {"x": {"windw": [0, 1]}}}, "b": {"rows": {}}},
-        "nprocs": 2,
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "baseline": {"teacher": "self", "window": [100, 30], "k": 7},
+                "studies": {"a": {"rows": {"x": {"windw": [0, 1]}}}, "b": {"rows": {}}},
+                "nprocs": 2,
+            }
+        )
+    )
     with pytest.raises(ConfigError) as e:
         load_ablate_config(cfg)
     text = str(e.value)
-    for needle in ("unknown field 'nprocs'", "studies.a.rows.x.windw", "studies.b: no rows",
-                   "'baseline.window' must be [lo, hi)", "'baseline.teacher' cannot be self"):
+    for needle in (
+        "unknown field 'nprocs'",
+        "studies.a.rows.x.windw",
+        "studies.b: no rows",
+        "'baseline.window' must be [lo, hi)",
+        "'baseline.teacher' cannot be self",
+    ):
         assert needle in text, text
 
 
@@ -127,11 +170,20 @@ def test_ablate_from_demo_runs_the_demo_first_and_trains_on_records_it_did_not(t
     demo_records = [r for name in TRAIN_FILES for r in read_jsonl(TRAIN_BUNDLE / name)[:40]]
     write_jsonl(demo_records, demo / "data" / "train.jsonl")  # an unfinished demo: no summary.md
     cfg_path = tmp_path / "ablate.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "output_dir": str(tmp_path / "ab"), "train_config": str(minilm_config), "records_per_dataset": 300,
-        "start_from_demo": str(demo), "baseline": {"teacher": "bm25", "window": [30, 100], "k": 3},
-        "studies": {"negatives": {"rows": {"#HN=1": {}, "#HN=2": {"train": {"data.hard_negatives": 2}}}}},
-    }))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "ab"),
+                "train_config": str(minilm_config),
+                "records_per_dataset": 300,
+                "start_from_demo": str(demo),
+                "baseline": {"teacher": "bm25", "window": [30, 100], "k": 3},
+                "studies": {
+                    "negatives": {"rows": {"#HN=1": {}, "#HN=2": {"train": {"data.hard_negatives": 2}}}}
+                },
+            }
+        )
+    )
     cfg, studies = load_ablate_config(cfg_path)
     stages, _ = plan(cfg, studies)
     assert stages[0].command[-3:] == ["demo", "--output-dir", str(demo)] and not stages[0].done()
@@ -146,4 +198,8 @@ def test_ablate_from_demo_runs_the_demo_first_and_trains_on_records_it_did_not(t
     assert not {r.query for r in got} & used
     for name in TRAIN_FILES:  # 300 asked, fewer left where the demo's 40 (and STS's reversed pairs) are out
         left = [r for r in read_jsonl(TRAIN_BUNDLE / name) if r.query not in used]
-        assert sum(r.dataset == left[0].dataset for r in got) == min(300, len(left)) < len(read_jsonl(TRAIN_BUNDLE / name))
+        assert (
+            sum(r.dataset == left[0].dataset for r in got)
+            == min(300, len(left))
+            < len(read_jsonl(TRAIN_BUNDLE / name))
+        )

@@ -1,8 +1,9 @@
 """The encode path that mining and evaluation use gives the trained model's own embeddings."""
+
 import numpy as np
 import torch
-
 from conftest import TINY, sfr_ds
+
 from sfr_ds.config import load_config
 from sfr_ds.data.collate import format_query, tokenize
 from sfr_ds.encode import TextEncoder
@@ -27,9 +28,10 @@ def test_encoder_from_run_matches_training_forward(tmp_path):
     assert lora_b and any(float(p.abs().sum()) > 0 for p in lora_b)
     # the random base was kept whole (no LoRA-wrapped names): a second load gives the same model
     from safetensors.torch import load_file
+
     base = load_file(tmp_path / "base_model" / "model.safetensors")
     assert not [k for k in base if "lora_" in k or "base_layer" in k]
     again = TextEncoder.from_run(tmp_path, device="cpu").encode_queries(queries, "Retrieve passages")
     np.testing.assert_array_equal(again, got)
     docs = enc.encode_documents(["doc one", "doc two"])
-    assert docs.shape == (2, 64) and abs(float((docs ** 2).sum(1).mean()) - 1) < 1e-5
+    assert docs.shape == (2, 64) and abs(float((docs**2).sum(1).mean()) - 1) < 1e-5

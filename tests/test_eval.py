@@ -5,6 +5,7 @@ readers, encoder wrapper, mteb evaluators); a numpy nDCG@10 and a numpy Spearman
 embeddings `sfr-ds eval` used check the metric plumbing; the training encode path checks that
 evaluation reads texts (instructions, EOS, pooling) exactly as the model was trained to.
 """
+
 import csv
 import json
 import subprocess
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_DATA, TINY, proc_env, sfr_ds
+
 from sfr_ds.data.collate import format_query
 from sfr_ds.eval.cache import text_key
 from sfr_ds.eval.models import ModelSpec
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA}
 
 
 # ----------------------------------------------------------------------------- small data
+
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -47,12 +49,13 @@ def mini_beir(src: Path, dst: Path, n_queries: int = 20, n_docs: int = 150) -> P
     gold = {d for _, d, _ in kept}
     corpus = _read_jsonl(src / "corpus.jsonl")
     docs = [c for c in corpus if c["_id"] in gold]
-    docs += [c for c in corpus if c["_id"] not in gold][:n_docs - len(docs)]
+    docs += [c for c in corpus if c["_id"] not in gold][: n_docs - len(docs)]
     _write_jsonl(dst / "corpus.jsonl", docs)
     _write_jsonl(dst / "queries.jsonl", [q for q in _read_jsonl(src / "queries.jsonl") if q["_id"] in qids])
     (dst / "qrels").mkdir(parents=True, exist_ok=True)
-    (dst / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" +
-                                            "".join(f"{q}\t{d}\t{s}\n" for q, d, s in kept))
+    (dst / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in kept)
+    )
     return dst
 
 
@@ -81,6 +84,7 @@ def mini_data_root(dst: Path) -> Path:
 
 # ----------------------------------------------------------------------------- independent metrics
 
+
 def numpy_ndcg_at_10(q: np.ndarray, d: np.ndarray, query_ids, doc_ids, qrels: dict) -> float:
     scores = q @ d.T
     values = []
@@ -94,7 +98,7 @@ def numpy_ndcg_at_10(q: np.ndarray, d: np.ndarray, query_ids, doc_ids, qrels: di
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
-    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     start = np.cumsum(counts) - counts
     return (start + (counts - 1) / 2)[inverse]
 
@@ -109,7 +113,9 @@ def beir_texts(folder: Path):
 
     corpus = load_beir_corpus(folder / "corpus.jsonl")
     queries = _load_queries(folder / "queries.jsonl")
-    qrels = {q: {d: int(s) for d, s in judged} for q, judged in _load_qrels(folder / "qrels" / "test.tsv").items()}
+    qrels = {
+        q: {d: int(s) for d, s in judged} for q, judged in _load_qrels(folder / "qrels" / "test.tsv").items()
+    }
     qids = list(qrels)
     return qids, [queries[q] for q in qids], list(corpus), list(corpus.values()), qrels
 
@@ -120,6 +126,7 @@ def sts_pairs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def eval_cli(*args, timeout: int = 900) -> subprocess.CompletedProcess:
     return sfr_ds("eval", *args, "--no-progress", timeout=timeout)
@@ -146,6 +153,7 @@ def settings(out: Path) -> dict:
 
 # ----------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("embedding-cache")
@@ -166,8 +174,11 @@ def repair_random_base(run: Path) -> None:
     path = run / "base_model" / "model.safetensors"
     state = load_file(path)
     if any(".base_layer." in k for k in state):
-        save_file({k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k},
-                  path, metadata={"format": "pt"})
+        save_file(
+            {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k},
+            path,
+            metadata={"format": "pt"},
+        )
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +213,7 @@ def dev_outs(tiny_run, mini, cache_dir, tmp_path_factory) -> list[Path]:
 
 # ----------------------------------------------------------------------------- tests
 
+
 def test_minilm_matches_published_sts_and_banking77(minilm_published):
     """all-MiniLM-L6-v2 on MTEB: STSBenchmark 0.820, Banking77Classification 0.800."""
     out = minilm_published
@@ -231,17 +243,28 @@ def test_eval_embeddings_equal_sentence_transformers(minilm_published):
     from sfr_ds.zoo import resolve_model_path
 
     s1, _, _ = sts_pairs(SHARED_DATA / "stsbenchmark" / "sts-test.csv")
-    ours = cached(minilm_published, "STSBenchmark", "test", s1[:64], settings(minilm_published)["query_max_len"])
+    ours = cached(
+        minilm_published, "STSBenchmark", "test", s1[:64], settings(minilm_published)["query_max_len"]
+    )
     theirs = SentenceTransformer(resolve_model_path("builtin:minilm"), device="cpu").encode(s1[:64])
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
 def test_rerun_skips_finished_tasks(minilm_published, cache_dir):
-    files = sorted((minilm_published / "results").rglob("*.json")) + [minilm_published / "model_settings.json"]
+    files = sorted((minilm_published / "results").rglob("*.json")) + [
+        minilm_published / "model_settings.json"
+    ]
     before = {p: p.stat().st_mtime_ns for p in files}
     start = time.time()
-    p = eval_cli("builtin:minilm", "--tasks", PUBLISHED_TASKS, "--output-dir", minilm_published,
-                 "--cache-dir", cache_dir)
+    p = eval_cli(
+        "builtin:minilm",
+        "--tasks",
+        PUBLISHED_TASKS,
+        "--output-dir",
+        minilm_published,
+        "--cache-dir",
+        cache_dir,
+    )
     assert p.stdout.count("done already, skipped") == 2
     # results untouched, and the model not even loaded (model_settings.json is written on load)
     assert {q: q.stat().st_mtime_ns for q in files} == before
@@ -252,17 +275,26 @@ def test_instructions_reach_queries_only_and_eval_equals_training_encode(tiny_ru
     from sfr_ds.encode import TextEncoder
 
     out = tmp_path / "tiny-eval"
-    eval_cli(tiny_run, "--tasks", f"retrieval:{mini}/scifact,sts:{mini}/stsbenchmark/sts-test.csv",
-             "--output-dir", out, "--cache-dir", cache_dir)
+    eval_cli(
+        tiny_run,
+        "--tasks",
+        f"retrieval:{mini}/scifact,sts:{mini}/stsbenchmark/sts-test.csv",
+        "--output-dir",
+        out,
+        "--cache-dir",
+        cache_dir,
+    )
     s = settings(out)
     assert s["instructions"] is True and s["pooling"] == "last" and s["append_eos"] is True
     enc = TextEncoder.from_run(tiny_run, device="cpu")  # the training encode path
     enc.settings.query_max_len, enc.settings.doc_max_len = s["query_max_len"], s["doc_max_len"]
-    qids, queries, dids, docs, _ = beir_texts(mini / "scifact")
+    _, queries, _, docs, _ = beir_texts(mini / "scifact")
     queries, docs = queries[:12], docs[:12]
 
     # Retrieval: queries carry the task's instruction, documents none.
-    eval_q = cached(out, "SciFact", "test", [format_query(x, SCIFACT_INSTRUCTION) for x in queries], s["query_max_len"])
+    eval_q = cached(
+        out, "SciFact", "test", [format_query(x, SCIFACT_INSTRUCTION) for x in queries], s["query_max_len"]
+    )
     eval_d = cached(out, "SciFact", "test", docs, s["doc_max_len"])
     torch.testing.assert_close(eval_q, enc.encode_queries(queries, SCIFACT_INSTRUCTION), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(eval_d, enc.encode_documents(docs), rtol=1e-5, atol=1e-5)
@@ -274,7 +306,9 @@ def test_instructions_reach_queries_only_and_eval_equals_training_encode(tiny_ru
     # STS is symmetric: both sides carry the instruction (e5-mistral convention).
     s1, s2, _ = sts_pairs(mini / "stsbenchmark" / "sts-test.csv")
     both = s1[:8] + s2[:8]
-    eval_sts = cached(out, "STSBenchmark", "test", [format_query(x, STS_INSTRUCTION) for x in both], s["query_max_len"])
+    eval_sts = cached(
+        out, "STSBenchmark", "test", [format_query(x, STS_INSTRUCTION) for x in both], s["query_max_len"]
+    )
     torch.testing.assert_close(eval_sts, enc.encode_queries(both, STS_INSTRUCTION), rtol=1e-5, atol=1e-5)
 
 
@@ -290,13 +324,20 @@ def test_retrieval_ndcg_equals_numpy_on_the_same_embeddings(dev_outs, mini):
 def test_dev_suite_table_and_compare(dev_outs, tmp_path):
     outs = dev_outs
     p = sfr_ds("eval", "compare", *outs, "--output", tmp_path / "compare.md")
-    table = {cells[0]: cells[1:] for line in p.stdout.splitlines()
-             if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])}
+    table = {
+        cells[0]: cells[1:]
+        for line in p.stdout.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
+    }
     groups = ["Clustering_dev", "Reranking_dev", "Retrieval_dev", "STS_dev"]
     labels = [json.loads((out / "summary.json").read_text())["label"] for out in outs]
     assert labels[1] == "minilm" and table["Metric"] == [labels[0], "minilm", "Δ minilm"]
-    expected = {"Clustering_dev": "Banking77Clustering", "Reranking_dev": "WikiQAReranking",
-                "Retrieval_dev": "SciFact", "STS_dev": "STSBenchmark.dev"}
+    expected = {
+        "Clustering_dev": "Banking77Clustering",
+        "Reranking_dev": "WikiQAReranking",
+        "Retrieval_dev": "SciFact",
+        "STS_dev": "STSBenchmark.dev",
+    }
     for group, task in expected.items():
         a, b = (100 * score(out, task) for out in outs)  # read by mteb from its own files
         assert [float(x) for x in table[group]] == pytest.approx([a, b, b - a], abs=0.011)
@@ -309,8 +350,18 @@ def test_dev_suite_table_and_compare(dev_outs, tmp_path):
 
 def test_length_analysis_ranks_and_files(tiny_run, mini, cache_dir, tmp_path):
     out = tmp_path / "lengths"
-    sfr_ds("eval", "lengths", "builtin:minilm", tiny_run, "--task", f"retrieval:{mini}/scifact",
-           "--output-dir", out, "--cache-dir", cache_dir)
+    sfr_ds(
+        "eval",
+        "lengths",
+        "builtin:minilm",
+        tiny_run,
+        "--task",
+        f"retrieval:{mini}/scifact",
+        "--output-dir",
+        out,
+        "--cache-dir",
+        cache_dir,
+    )
     with open(out / "lengths.csv") as f:
         rows = list(csv.DictReader(f))
     qids, queries, dids, docs, qrels = beir_texts(mini / "scifact")
@@ -330,13 +381,41 @@ def test_length_analysis_ranks_and_files(tiny_run, mini, cache_dir, tmp_path):
 
 
 def test_bad_task_specs_are_named(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "sfr_ds.cli", "eval", "builtin:minilm", "--tasks",
-                        f"retrieval:{tmp_path}/nowhere", "--output-dir", tmp_path / "o"],
-                       capture_output=True, text=True, env=proc_env(), timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfr_ds.cli",
+            "eval",
+            "builtin:minilm",
+            "--tasks",
+            f"retrieval:{tmp_path}/nowhere",
+            "--output-dir",
+            tmp_path / "o",
+        ],
+        capture_output=True,
+        text=True,
+        env=proc_env(),
+        timeout=120,
+    )
     assert p.returncode != 0 and "nowhere does not exist" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "sfr_ds.cli", "eval", "builtin:minilm", "--tasks",
-                        f"sts:{tmp_path}?colour=red", "--output-dir", tmp_path / "o"],
-                       capture_output=True, text=True, env=proc_env(), timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfr_ds.cli",
+            "eval",
+            "builtin:minilm",
+            "--tasks",
+            f"sts:{tmp_path}?colour=red",
+            "--output-dir",
+            tmp_path / "o",
+        ],
+        capture_output=True,
+        text=True,
+        env=proc_env(),
+        timeout=120,
+    )
     assert p.returncode != 0 and "unknown option(s) ['colour']" in p.stderr
 
 
@@ -345,9 +424,16 @@ def test_minilm_scifact_matches_published_and_full_table(cache_dir, tmp_path):
     """Full SciFact (5,183 docs): nDCG@10 in the published 0.645-0.674 and equal to numpy's; with
     the published-score tasks and Banking77 clustering, the whole MiniLM table."""
     out = tmp_path / "minilm-full"
-    eval_cli("builtin:minilm", "--tasks", f"retrieval:{SHARED_DATA}/scifact,{PUBLISHED_TASKS},"
-             f"clustering:{SHARED_DATA}/banking77/test.csv", "--output-dir", out, "--cache-dir", cache_dir,
-             timeout=3600)
+    eval_cli(
+        "builtin:minilm",
+        "--tasks",
+        f"retrieval:{SHARED_DATA}/scifact,{PUBLISHED_TASKS},clustering:{SHARED_DATA}/banking77/test.csv",
+        "--output-dir",
+        out,
+        "--cache-dir",
+        cache_dir,
+        timeout=3600,
+    )
     ndcg = score(out, "SciFact")
     assert 0.645 <= ndcg <= 0.674
     qids, queries, dids, docs, qrels = beir_texts(SHARED_DATA / "scifact")
@@ -373,13 +459,22 @@ def test_clustering_embeds_every_text_and_matches_kmeans(tmp_path, cache_dir):
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     out = tmp_path / "clu"
-    eval_cli("builtin:minilm", "--tasks", f"clustering:{path}?name=Banking77Clustering-mini",
-             "--output-dir", out, "--cache-dir", cache_dir)
-    emb = cached(out, "Banking77Clustering-mini", "test", [r["text"] for r in rows],
-                 settings(out)["query_max_len"])  # KeyError if any text was not embedded
+    eval_cli(
+        "builtin:minilm",
+        "--tasks",
+        f"clustering:{path}?name=Banking77Clustering-mini",
+        "--output-dir",
+        out,
+        "--cache-dir",
+        cache_dir,
+    )
+    emb = cached(
+        out, "Banking77Clustering-mini", "test", [r["text"] for r in rows], settings(out)["query_max_len"]
+    )  # KeyError if any text was not embedded
     labels = [r["category"] for r in rows]
-    kmeans = np.mean([v_measure_score(labels, KMeans(20, n_init=1, random_state=s).fit_predict(emb))
-                      for s in range(5)])
+    kmeans = np.mean(
+        [v_measure_score(labels, KMeans(20, n_init=1, random_state=s).fit_predict(emb)) for s in range(5)]
+    )
     assert abs(score(out, "Banking77Clustering-mini") - kmeans) < 0.05
 
 

@@ -4,6 +4,7 @@ Submit returns at once without importing torch or mteb; status shows the array's
 collect waits, aggregates and names the task whose element failed; resubmit runs that task
 alone in a new one-element array, and the finished tasks are not run again.
 """
+
 import json
 import subprocess
 import sys
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA, proc_env
 from slurm_cluster import cluster_fixture
 from test_eval import mini_beir
@@ -30,8 +30,13 @@ finally:
 
 
 def cli(cluster, *args, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "sfr_ds.cli", "eval", *map(str, args)], capture_output=True,
-                       text=True, env=cluster.env(proc_env()), timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "sfr_ds.cli", "eval", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=cluster.env(proc_env()),
+        timeout=timeout,
+    )
     if check:
         assert p.returncode == 0, f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-4000:]}"
     return p
@@ -52,21 +57,43 @@ def data(tmp_path_factory) -> Path:
 
 def test_slurm_submit_status_collect_and_resubmit_failed_task_alone(cluster, data, tmp_path):
     out, cache = tmp_path / "eval", tmp_path / "cache"
-    tasks = (f"retrieval:{data}/scifact,sts:{data}/stsbenchmark/sts-test.csv,"
-             f"retrieval:{data}/broken/scifact?name=BrokenRetrieval")
+    tasks = (
+        f"retrieval:{data}/scifact,sts:{data}/stsbenchmark/sts-test.csv,"
+        f"retrieval:{data}/broken/scifact?name=BrokenRetrieval"
+    )
 
     # submit: returns at once, light (a login node imports neither torch nor mteb)
     start = time.time()
-    p = subprocess.run([sys.executable, "-c", SUBMIT_LIGHT, "eval", "builtin:minilm", "--tasks", tasks, "--slurm",
-                        "--sbatch", "--cpus-per-task=1", "--output-dir", str(out), "--cache-dir", str(cache)],
-                       capture_output=True, text=True, env=cluster.env(proc_env()), timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SUBMIT_LIGHT,
+            "eval",
+            "builtin:minilm",
+            "--tasks",
+            tasks,
+            "--slurm",
+            "--sbatch",
+            "--cpus-per-task=1",
+            "--output-dir",
+            str(out),
+            "--cache-dir",
+            str(cache),
+        ],
+        capture_output=True,
+        text=True,
+        env=cluster.env(proc_env()),
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert time.time() - start < 30
     assert "HEAVY: []" in p.stdout
     job = p.stdout.split("submitted job ")[1].split(":")[0]
     assert "3 task(s) in 3 array element(s)" in p.stdout
-    assert sorted(cluster.run("squeue", "-h", "-r", "-j", job, "-o", "%i").stdout.split()) == \
-        [f"{job}_{i}" for i in range(3)]
+    assert sorted(cluster.run("squeue", "-h", "-r", "-j", job, "-o", "%i").stdout.split()) == [
+        f"{job}_{i}" for i in range(3)
+    ]
 
     # status right away: every task is pending or running, under its own array element
     status = cli(cluster, "status", out).stdout
@@ -86,7 +113,11 @@ def test_slurm_submit_status_collect_and_resubmit_failed_task_alone(cluster, dat
     assert "| Retrieval |" in (out / "summary.md").read_text()
 
     # fix the data, re-submit the failed task alone
-    done = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json") if p.stem in ("SciFact", "STSBenchmark")}
+    done = {
+        p: p.stat().st_mtime_ns
+        for p in (out / "results").rglob("*.json")
+        if p.stem in ("SciFact", "STSBenchmark")
+    }
     assert len(done) == 2
     corpus = data / "broken" / "scifact" / "corpus.jsonl"
     corpus.write_text("".join(corpus.read_text().splitlines(keepends=True)[:-1]))
@@ -97,7 +128,11 @@ def test_slurm_submit_status_collect_and_resubmit_failed_task_alone(cluster, dat
     assert manifest["elements"] == [[0], [1], [2], [2]]  # one new element, the failed task only
 
     p = cli(cluster, "collect", out, "--wait", "--poll", "1", "--timeout", "500")
-    assert set(json.loads((out / "summary.json").read_text())["tasks"]) == {"SciFact", "STSBenchmark", "BrokenRetrieval"}
+    assert set(json.loads((out / "summary.json").read_text())["tasks"]) == {
+        "SciFact",
+        "STSBenchmark",
+        "BrokenRetrieval",
+    }
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished tasks were not run again
     log = (out / "slurm" / "logs" / f"{job2}_3.out").read_text()
     assert "BrokenRetrieval" in log and "SciFact:" not in log and "STSBenchmark" not in log

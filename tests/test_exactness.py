@@ -4,11 +4,11 @@ Real processes under torchrun (gloo on CPU), DeepSpeed ZeRO-2, the tiny config (
 Steps 1-3 of its plan cover both loss modes: retrieval (in-batch, gathered across ranks) and
 classification (labels as documents, own negatives only).
 """
+
 import math
 
 import pytest
 import torch
-
 from conftest import TINY, read_metrics, sfr_ds, torchrun_worker
 
 STEPS = "optim.max_steps=3"
@@ -27,8 +27,9 @@ def grads(tmp_path_factory):
     return {
         "w1": torchrun_worker(1, d / "w1.pt", STEPS, f"run.output_dir={d / 'w1'}"),
         "w2": torchrun_worker(2, d / "w2.pt", STEPS, f"run.output_dir={d / 'w2'}"),
-        "w2_plain": torchrun_worker(2, d / "w2p.pt", STEPS, "gradcache.enabled=false",
-                                    f"run.output_dir={d / 'w2p'}"),
+        "w2_plain": torchrun_worker(
+            2, d / "w2p.pt", STEPS, "gradcache.enabled=false", f"run.output_dir={d / 'w2p'}"
+        ),
         "dirs": d,
     }
 
@@ -96,22 +97,31 @@ def planned_steps(config, n: int) -> list[tuple[str, int]]:
     cfg = load_config(config)
     data = cfg.data
     records = load_training_data(data.train_files)
-    plan = BatchPlan(group_by_dataset(records), data.global_batch_size, homogeneous=data.homogeneous,
-                     seed=data.seed)
+    plan = BatchPlan(
+        group_by_dataset(records), data.global_batch_size, homogeneous=data.homogeneous, seed=data.seed
+    )
     drawer = NegativeDrawer(records, data.hard_negatives, data.short_negatives, data.seed)
     tok, eos, out = load_tokenizer(cfg.model), append_eos(cfg.model), []
     for step in range(n):
         gb = plan.batch(step)
         batch = build_text_batch(records, gb.indices, gb.epoch, drawer)
-        real = (tokenize(tok, batch.queries, data.query_max_len, eos).n_tokens
-                + tokenize(tok, batch.docs, data.doc_max_len, eos).n_tokens)
+        real = (
+            tokenize(tok, batch.queries, data.query_max_len, eos).n_tokens
+            + tokenize(tok, batch.docs, data.doc_max_len, eos).n_tokens
+        )
         out.append((gb.dataset or "mixed", real))
     return out
 
 
 def test_gradcache_replays_dropout(tmp_path):
     """With LoRA dropout on, the grad pass must reproduce the cache pass exactly (RNG replay)."""
-    g = torchrun_worker(2, tmp_path / "g.pt", "optim.max_steps=2", "lora.dropout=0.3",
-                        "gradcache.check_replay=true", f"run.output_dir={tmp_path / 'r'}")
+    g = torchrun_worker(
+        2,
+        tmp_path / "g.pt",
+        "optim.max_steps=2",
+        "lora.dropout=0.3",
+        "gradcache.check_replay=true",
+        f"run.output_dir={tmp_path / 'r'}",
+    )
     assert set(g) == {1, 2}
     assert torch.isfinite(torch.stack([v.norm() for v in g[1].values()])).all()

@@ -7,13 +7,13 @@ one rank, SIGTERM of the whole job, or SIGKILL while a checkpoint is being writt
 `latest` names a complete checkpoint, restarts it with --resume (repeatedly, until it finishes)
 and compares the final adapter with an uninterrupted run's, bit for bit.
 """
+
 import os
 import random
 import signal
 import time
 
 import pytest
-
 from conftest import read_metrics, sfr_ds
 from test_resume import ARGS, assert_same_run, orphans, start
 
@@ -22,7 +22,11 @@ TRIALS = int(os.environ.get("SFR_DS_SOAK_TRIALS", "20"))
 
 
 def _ranks(run_dir) -> list[int]:
-    return [pid for pid in orphans(run_dir) if b"torch.distributed.run" not in open(f"/proc/{pid}/cmdline", "rb").read()]
+    return [
+        pid
+        for pid in orphans(run_dir)
+        if b"torch.distributed.run" not in open(f"/proc/{pid}/cmdline", "rb").read()
+    ]
 
 
 def _interrupt(p, run_dir, how: str, rng: random.Random) -> None:
@@ -31,7 +35,11 @@ def _interrupt(p, run_dir, how: str, rng: random.Random) -> None:
         # a checkpoint folder exists but is not complete yet: kill right there
         end = time.time() + 120
         while p.poll() is None and time.time() < end:
-            tags = [t for t in ckpts.glob("step-*") if not (t / "complete.json").exists()] if ckpts.exists() else []
+            tags = (
+                [t for t in ckpts.glob("step-*") if not (t / "complete.json").exists()]
+                if ckpts.exists()
+                else []
+            )
             if tags:
                 break
             time.sleep(0.002)

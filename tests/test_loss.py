@@ -1,4 +1,5 @@
 """Loss modes and masks, checked on the logits and against a loop-based InfoNCE."""
+
 import math
 import os
 import socket
@@ -32,8 +33,15 @@ def reference_loss(q, docs, positive, allowed, t):
 
 def test_own_negatives_scores_only_own_documents():
     k = 2
-    records = [rec(f"text {i}", f"label {i % 3}", [f"label {(i + 1) % 3}", f"label {(i + 2) % 3}"],
-                   task="classification") for i in range(6)]
+    records = [
+        rec(
+            f"text {i}",
+            f"label {i % 3}",
+            [f"label {(i + 1) % 3}", f"label {(i + 2) % 3}"],
+            task="classification",
+        )
+        for i in range(6)
+    ]
     batch = build_text_batch(records, np.arange(6), 0, NegativeDrawer(records, k, "repeat", 0))
     assert not batch.needs_gather()
     allowed = allowed_mask(batch, slice(0, 6), mask_duplicates=True)
@@ -50,8 +58,12 @@ def test_own_negatives_scores_only_own_documents():
 
 
 def test_in_batch_loss_matches_reference_and_masks_duplicates():
-    records = [rec("q0", "shared doc", ["n0"]), rec("q1", "shared doc", ["n1"]),
-               rec("q2", "p2", ["q2"]), rec("q0", "p3", ["n3"])]
+    records = [
+        rec("q0", "shared doc", ["n0"]),
+        rec("q1", "shared doc", ["n1"]),
+        rec("q2", "p2", ["q2"]),
+        rec("q0", "p3", ["n3"]),
+    ]
     batch = build_text_batch(records, np.arange(4), 0, NegativeDrawer(records, 1, "repeat", 0))
     assert batch.needs_gather()
     allowed = allowed_mask(batch, slice(0, 4), mask_duplicates=True).numpy()
@@ -80,23 +92,30 @@ def test_negative_drawing_is_deterministic_and_follows_policy():
     assert {tuple(d.draw(0, e)) for e in range(6)} != {tuple(d.draw(0, 0))}  # redrawn per epoch
     r = NegativeDrawer(records, 3, "random", seed=1).draw(1, 0)
     assert r[0] == "m1" and len(r) == 3
-    with pytest.raises(ValueError, match="fewer than data.hard_negatives=3"):
+    with pytest.raises(ValueError, match=r"fewer than data\.hard_negatives=3"):
         NegativeDrawer(records, 3, "error", seed=1)
 
 
 def _gather_worker(rank, world, port, out):
     from sfr_ds import dist
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     dist.setup(timeout_s=60)
     torch.manual_seed(0)
     w = torch.randn(8, 8, requires_grad=True)
     x = torch.randn(world * 4, 8)
-    q, d = x[rank * 2:(rank + 1) * 2] @ w, x[world * 2 + rank * 2:world * 2 + (rank + 1) * 2] @ w
+    q, d = x[rank * 2 : (rank + 1) * 2] @ w, x[world * 2 + rank * 2 : world * 2 + (rank + 1) * 2] @ w
     docs = dist.gather_with_grad(d)
     allowed = torch.ones(2, docs.size(0), dtype=torch.bool)
-    loss = contrastive_loss(F.normalize(q, dim=-1), F.normalize(docs, dim=-1),
-                            torch.arange(2) + 2 * rank, allowed, 0.1)
+    loss = contrastive_loss(
+        F.normalize(q, dim=-1), F.normalize(docs, dim=-1), torch.arange(2) + 2 * rank, allowed, 0.1
+    )
     loss.backward()
     grad = dist.all_reduce_sum(w.grad) / world  # what DeepSpeed's gradient averaging does
     if rank == 0:
@@ -110,9 +129,14 @@ def test_gather_with_grad_equals_single_process():
     torch.manual_seed(0)
     w = torch.randn(8, 8, requires_grad=True)
     x = torch.randn(world * 4, 8)
-    q, d = x[:world * 2] @ w, x[world * 2:] @ w
-    loss = contrastive_loss(F.normalize(q, dim=-1), F.normalize(d, dim=-1), torch.arange(4),
-                            torch.ones(4, 4, dtype=torch.bool), 0.1)
+    q, d = x[: world * 2] @ w, x[world * 2 :] @ w
+    loss = contrastive_loss(
+        F.normalize(q, dim=-1),
+        F.normalize(d, dim=-1),
+        torch.arange(4),
+        torch.ones(4, 4, dtype=torch.bool),
+        0.1,
+    )
     loss.backward()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

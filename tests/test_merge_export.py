@@ -5,6 +5,7 @@ One pair of 2-rank runs (ZeRO-2 and ZeRO-3, trained at the same time) is shared 
 base is a saved tiny Mistral *for causal LM* in 4 shards: the adapter is trained on the backbone, so
 merging must map ``layers.*`` onto the checkpoint's ``model.layers.*`` and keep ``lm_head``.
 """
+
 import json
 import re
 import shutil
@@ -16,13 +17,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ROOT, TINY, free_port, proc_env
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, TINY, free_port, proc_env
-
 STEPS, MID = 4, 2  # checkpoints at steps 2 and 4; step 2 is the mid-run one
-QUERIES = ["a man eats food", "what is the capital of france and why do so many people live in it, "
-           "year after year, in spite of the rents and the crowds", "x"]
+QUERIES = [
+    "a man eats food",
+    "what is the capital of france and why do so many people live in it, "
+    "year after year, in spite of the rents and the crowds",
+    "x",
+]
 DOCS = ["doc one", "Paris is the capital and largest city of France. " * 8]  # the second is truncated
 
 
@@ -38,7 +42,9 @@ def make_base(folder: Path) -> Path:
 
 def start(cmd: list, log: Path) -> subprocess.Popen:
     with open(log, "w") as f:
-        return subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=proc_env(), stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [str(c) for c in cmd], cwd=ROOT, env=proc_env(), stdout=f, stderr=subprocess.STDOUT
+        )
 
 
 def finish(procs: dict[str, subprocess.Popen], logs: Path) -> dict[str, tuple[int, str]]:
@@ -52,11 +58,24 @@ def succeeded(results: dict[str, tuple[int, str]], *names: str) -> None:
 
 
 def training(root: Path, name: str, base: Path) -> list:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
-            "--master-addr=127.0.0.1", f"--master-port={free_port()}", ROOT / "tests" / "export_worker.py",
-            TINY, root / f"{name}.pt", "model.random_init=null", f"model.name_or_path={base}",
-            f"optim.max_steps={STEPS}", f"run.save_every={MID}", f"deepspeed.config=ds_configs/{name}.json",
-            f"run.output_dir={root / name}"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--nnodes=1",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        ROOT / "tests" / "export_worker.py",
+        TINY,
+        root / f"{name}.pt",
+        "model.random_init=null",
+        f"model.name_or_path={base}",
+        f"optim.max_steps={STEPS}",
+        f"run.save_every={MID}",
+        f"deepspeed.config=ds_configs/{name}.json",
+        f"run.output_dir={root / name}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -79,19 +98,31 @@ def cli(runs, tmp_path_factory) -> tuple[Path, dict[str, tuple[int, str]]]:
     """
     out = tmp_path_factory.mktemp("cli")
     sfr = [sys.executable, "-m", "sfr_ds.cli"]
-    jobs = {f"export-{s}": sfr + ["export", run_dir / "checkpoints" / f"step-{MID:08d}", "--out", out / f"export-{s}"]
-            for s, (run_dir, _) in runs.items()}
+    jobs = {
+        f"export-{s}": sfr
+        + ["export", run_dir / "checkpoints" / f"step-{MID:08d}", "--out", out / f"export-{s}"]
+        for s, (run_dir, _) in runs.items()
+    }
     jobs["merge"] = sfr + ["merge", runs["zero2"][0], "--out", out / "merge", "--max-shard-size", "300KB"]
-    jobs["tool-bf16"] = [sys.executable, ROOT / "tools" / "merge_lora.py", runs["zero2"][0], "--out",
-                         out / "tool-bf16", "--dtype", "bf16"]
+    jobs["tool-bf16"] = [
+        sys.executable,
+        ROOT / "tools" / "merge_lora.py",
+        runs["zero2"][0],
+        "--out",
+        out / "tool-bf16",
+        "--dtype",
+        "bf16",
+    ]
     jobs["strict"] = sfr + ["merge", runs["zero2"][0], "--out", out / "strict", "--tolerance", "0"]
     return out, finish({name: start(cmd, out / f"{name}.log") for name, cmd in jobs.items()}, out)
 
 
 def adapter_as_engine_names(folder: Path) -> dict[str, torch.Tensor]:
     """PEFT's saved names -> the engine's (backbone.<...>.lora_A.default.weight)."""
-    return {"backbone." + re.sub(r"\.(lora_[AB])\.", r".\1.default.", k): v
-            for k, v in load_file(folder / "adapter_model.safetensors").items()}
+    return {
+        "backbone." + re.sub(r"\.(lora_[AB])\.", r".\1.default.", k): v
+        for k, v in load_file(folder / "adapter_model.safetensors").items()
+    }
 
 
 def merged_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -114,6 +145,7 @@ def peft_reference(run_dir: Path) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- export
 
+
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_export_mid_run_checkpoint_equals_engine_weights(runs, cli, stage):
     run_dir, states = runs[stage]
@@ -132,6 +164,7 @@ def test_export_mid_run_checkpoint_equals_engine_weights(runs, cli, stage):
     assert any(not torch.equal(engine[k], states[MID + 1][k]) for k in engine)
 
     from sfr_ds.encode import TextEncoder
+
     enc = TextEncoder.from_run(adapter, device="cpu")
     loaded = {"backbone." + n: p for n, p in enc.embedder.backbone.named_parameters() if "lora_" in n}
     assert all(torch.equal(loaded[k], engine[k]) for k in engine)
@@ -149,6 +182,7 @@ def test_export_latest_equals_final_adapter(runs, tmp_path):
 
 
 # ----------------------------------------------------------------------------- merge
+
 
 @pytest.fixture(scope="module")
 def merged(cli) -> Path:
@@ -208,8 +242,13 @@ def test_sentence_transformers_and_mteb_give_sfr_ds_embeddings(runs, merged):
     model = SentenceTransformerEncoderWrapper(str(merged), device="cpu")
     task = mteb.get_task("SciFact").metadata
     for texts, kind, want in ((QUERIES, PromptType.query, want_q), (DOCS, PromptType.document, want_d)):
-        got = model.encode(DataLoader(Dataset.from_dict({"text": texts}), batch_size=2), task_metadata=task,
-                           hf_split="test", hf_subset="default", prompt_type=kind)
+        got = model.encode(
+            DataLoader(Dataset.from_dict({"text": texts}), batch_size=2),
+            task_metadata=task,
+            hf_split="test",
+            hf_subset="default",
+            prompt_type=kind,
+        )
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
@@ -234,7 +273,9 @@ def test_verification_catches_a_wrong_merge(runs, merged, tmp_path):
 
     other = shutil.copytree(runs["zero2"][0] / "final", tmp_path / "other")
     weights = load_file(other / "adapter_model.safetensors")
-    save_file({k: v * 2 if "lora_B" in k else v for k, v in weights.items()}, other / "adapter_model.safetensors")
+    save_file(
+        {k: v * 2 if "lora_B" in k else v for k, v in weights.items()}, other / "adapter_model.safetensors"
+    )
     assert verify(merged, other, "fp32", DEFAULT_INSTRUCTION) > 1e-2
 
 
@@ -248,9 +289,16 @@ def test_fan_in_fan_out_rslora_and_patterns_equal_peft(tmp_path):
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64)
     GPT2Model(config).save_pretrained(tmp_path / "base", max_shard_size="40KB")
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,
-                      use_rslora=True, rank_pattern={"c_fc": 2}, alpha_pattern={"h.1.attn.c_proj": 3},
-                      init_lora_weights=False)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        fan_in_fan_out=True,
+        use_rslora=True,
+        rank_pattern={"c_fc": 2},
+        alpha_pattern={"h.1.attn.c_proj": 3},
+        init_lora_weights=False,
+    )
     get_peft_model(GPT2Model.from_pretrained(tmp_path / "base"), lora).save_pretrained(tmp_path / "adapter")
     (tmp_path / "out").mkdir()
     merge_weights(tmp_path / "adapter", tmp_path / "base", tmp_path / "out", "fp32", "40KB")

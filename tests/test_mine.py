@@ -4,6 +4,7 @@ For time, the dense checks use 150 train queries over a 400-document sub-corpus 
 positives plus a seeded sample of the rest) with MiniLM at 64 document tokens; the MiniLM
 embeddings of the module fixture are shared by every test that needs them.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, SHARED_DATA, TINY, proc_env, read_metrics, sfr_ds
+
 from sfr_ds.config import ModelConfig
 from sfr_ds.data.collate import format_query
 from sfr_ds.data.prepare import INSTRUCTIONS, from_beir, from_labelled, from_sts
@@ -33,9 +34,24 @@ WINDOW, K = (30, 100), 7
 
 
 def mine_args(train: Path, corpus: Path, teacher: str, out: Path, cache: Path, *extra) -> list:
-    return ["mine", train, "--corpus", corpus, "--teacher", teacher, "--out", out,
-            "--cache-dir", cache, "--shard-size", SHARD, "--doc-max-len", DOC_LEN,
-            "--no-progress", *extra]
+    return [
+        "mine",
+        train,
+        "--corpus",
+        corpus,
+        "--teacher",
+        teacher,
+        "--out",
+        out,
+        "--cache-dir",
+        cache,
+        "--shard-size",
+        SHARD,
+        "--doc-max-len",
+        DOC_LEN,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def printed_recall(stdout: str) -> float:
@@ -44,8 +60,15 @@ def printed_recall(stdout: str) -> float:
 
 def train_on(mined: Path, run_dir: Path) -> list[dict]:
     """Two steps of the tiny model on a mined file; its metrics."""
-    sfr_ds("train", TINY, f"data.train_files=[{mined}]", "optim.max_steps=2",
-           "data.global_batch_size=8", "--output-dir", run_dir)
+    sfr_ds(
+        "train",
+        TINY,
+        f"data.train_files=[{mined}]",
+        "optim.max_steps=2",
+        "data.global_batch_size=8",
+        "--output-dir",
+        run_dir,
+    )
     return read_metrics(run_dir)
 
 
@@ -55,16 +78,16 @@ def scifact(tmp_path_factory) -> SimpleNamespace:
     if not SHARED_DATA.exists():  # as the shared_data fixture, which is function-scoped
         pytest.skip(f"{SHARED_DATA} not present")
     tmp = tmp_path_factory.mktemp("scifact")
-    p = sfr_ds("prepare", "--beir", SCIFACT, "--split", "train", "--dataset", "scifact",
-               "--out", tmp / "all.jsonl")
+    p = sfr_ds(
+        "prepare", "--beir", SCIFACT, "--split", "train", "--dataset", "scifact", "--out", tmp / "all.jsonl"
+    )
     assert "qrels/train.tsv: 809 written, 0 skipped" in p.stdout
     lines = (tmp / "all.jsonl").read_text().splitlines(keepends=True)[:N_QUERIES]
     (tmp / "train.jsonl").write_text("".join(lines))
     needed = {d for line in lines for d in json.loads(line)["pos_ids"]}
     docs = (SCIFACT / "corpus.jsonl").read_text().splitlines(keepends=True)
     others = [i for i, line in enumerate(docs) if json.loads(line)["_id"] not in needed]
-    keep = set(random.Random(0).sample(others, N_DOCS - len(needed))) | (
-        set(range(len(docs))) - set(others))
+    keep = set(random.Random(0).sample(others, N_DOCS - len(needed))) | (set(range(len(docs))) - set(others))
     (tmp / "corpus.jsonl").write_text("".join(docs[i] for i in sorted(keep)))
     return SimpleNamespace(dir=tmp, train=tmp / "train.jsonl", corpus=tmp / "corpus.jsonl")
 
@@ -88,11 +111,11 @@ def brute_force(scifact, minilm) -> SimpleNamespace:
     q, d = cached(minilm.cache, "query").astype(np.float64), cached(minilm.cache, "doc")
     scores = q @ d.astype(np.float64).T
     order = np.lexsort((np.broadcast_to(np.arange(len(ids)), scores.shape), -scores), axis=1)
-    return SimpleNamespace(ids=ids, row={i: n for n, i in enumerate(ids)}, scores=scores,
-                           order=order)
+    return SimpleNamespace(ids=ids, row={i: n for n, i in enumerate(ids)}, scores=scores, order=order)
 
 
 # --- prepare --------------------------------------------------------------------------------
+
 
 def test_prepare_yaml_equals_the_converters(shared_data, tmp_path):
     spec = tmp_path / "sources.yaml"
@@ -102,14 +125,14 @@ def test_prepare_yaml_equals_the_converters(shared_data, tmp_path):
         f"  - {{beir: {SCIFACT}, split: test, dataset: scifact}}\n"
         f"  - {{sts: {shared_data / 'stsbenchmark' / 'sts-train.csv'}, dataset: stsb}}\n"
         f"  - {{labelled: {shared_data / 'banking77' / 'train.csv'}, dataset: banking77,"
-        " task_type: clustering, n_neg: 3}\n")
-    p = sfr_ds("prepare", spec, "--out", tmp_path / "out.jsonl",
-               "--instruction", "scifact=Find evidence")
-    parts = [from_beir(SCIFACT, "test", "scifact", instruction="Find evidence"),
-             from_sts(shared_data / "stsbenchmark" / "sts-train.csv", "stsb",
-                      instruction="Find paraphrases"),
-             from_labelled(shared_data / "banking77" / "train.csv", "banking77",
-                           task_type="clustering", n_neg=3)]
+        " task_type: clustering, n_neg: 3}\n"
+    )
+    p = sfr_ds("prepare", spec, "--out", tmp_path / "out.jsonl", "--instruction", "scifact=Find evidence")
+    parts = [
+        from_beir(SCIFACT, "test", "scifact", instruction="Find evidence"),
+        from_sts(shared_data / "stsbenchmark" / "sts-train.csv", "stsb", instruction="Find paraphrases"),
+        from_labelled(shared_data / "banking77" / "train.csv", "banking77", task_type="clustering", n_neg=3),
+    ]
     for _, report in parts:
         assert str(report) in p.stdout
     expected = [r.to_json() for records, _ in parts for r in records]
@@ -119,12 +142,15 @@ def test_prepare_yaml_equals_the_converters(shared_data, tmp_path):
 
 # --- dense teacher --------------------------------------------------------------------------
 
+
 def test_printed_recall_equals_brute_force(scifact, minilm):
     records = read_jsonl(scifact.train)
     ref = brute_force(scifact, minilm)
     assert ref.scores.shape == (N_QUERIES, N_DOCS)
-    shares = [len({ref.ids[j] for j in ref.order[i, :100]} & set(r.extra["pos_ids"]))
-              / len(r.extra["pos_ids"]) for i, r in enumerate(records)]
+    shares = [
+        len({ref.ids[j] for j in ref.order[i, :100]} & set(r.extra["pos_ids"])) / len(r.extra["pos_ids"])
+        for i, r in enumerate(records)
+    ]
     # float32 FAISS vs float64 numpy may swap a near-tie at rank 100: one positive of one query.
     assert abs(printed_recall(minilm.stdout) - np.mean(shares)) <= 1 / N_QUERIES
     assert printed_recall(minilm.stdout) > 0.9
@@ -132,11 +158,14 @@ def test_printed_recall_equals_brute_force(scifact, minilm):
 
 def test_cached_embeddings_are_the_encoder_path(scifact, minilm):
     """The cache holds what TextEncoder gives for the record's formatted query and the document."""
-    enc = TextEncoder.from_model_config(ModelConfig(name_or_path="builtin:minilm", pooling="mean",
-                                                    dtype="fp32"), 128, DOC_LEN, 4, "cpu")
+    enc = TextEncoder.from_model_config(
+        ModelConfig(name_or_path="builtin:minilm", pooling="mean", dtype="fp32"), 128, DOC_LEN, 4, "cpu"
+    )
     records = read_jsonl(scifact.train)[:6]
-    docs = [" ".join(filter(None, (d["title"].strip(), d["text"].strip())))
-            for d in map(json.loads, scifact.corpus.read_text().splitlines()[:6])]
+    docs = [
+        " ".join(filter(None, (d["title"].strip(), d["text"].strip())))
+        for d in map(json.loads, scifact.corpus.read_text().splitlines()[:6])
+    ]
     queries = [format_query(r.query, r.instruction) for r in records]
     np.testing.assert_allclose(cached(minilm.cache, "doc")[:6], enc.encode(docs, DOC_LEN), atol=1e-5)
     np.testing.assert_allclose(cached(minilm.cache, "query")[:6], enc.encode(queries, 128), atol=1e-5)
@@ -166,8 +195,9 @@ def test_margin_drops_candidates_close_to_the_positive(scifact, minilm):
     """Re-mined from the cache alone (no encoding): every negative scores below 0.95 x the
     query's best positive, per the brute-force scores."""
     out = scifact.dir / "margin.jsonl"
-    p = sfr_ds(*mine_args(scifact.train, scifact.corpus, "builtin:minilm", out, minilm.cache,
-                          "--margin", "0.95"))
+    p = sfr_ds(
+        *mine_args(scifact.train, scifact.corpus, "builtin:minilm", out, minilm.cache, "--margin", "0.95")
+    )
     dropped = int(re.search(r"dropped by margin: (\d+)", p.stdout).group(1))
     assert f"{N_DOCS // SHARD} were cached" in p.stdout and dropped > 0
     ref = brute_force(scifact, minilm)
@@ -179,10 +209,16 @@ def test_margin_drops_candidates_close_to_the_positive(scifact, minilm):
 def test_killed_encoding_resumes_on_two_ranks_to_identical_output(scifact, minilm, tmp_path):
     """Killed during corpus encoding, then resumed with two ranks sharing the missing shards:
     finished shards are kept and the output is byte for byte the uninterrupted run's."""
-    args = mine_args(scifact.train, scifact.corpus, "builtin:minilm", tmp_path / "out.jsonl",
-                     tmp_path / "cache")
-    proc = subprocess.Popen([sys.executable, "-m", "sfr_ds.cli", *map(str, args)], cwd=ROOT,
-                            env=proc_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = mine_args(
+        scifact.train, scifact.corpus, "builtin:minilm", tmp_path / "out.jsonl", tmp_path / "cache"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sfr_ds.cli", *map(str, args)],
+        cwd=ROOT,
+        env=proc_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while len(list(tmp_path.glob("cache/doc-*/shard-*.npy"))) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, "no shard written in time"
@@ -195,8 +231,9 @@ def test_killed_encoding_resumes_on_two_ranks_to_identical_output(scifact, minil
     p = sfr_ds(*args, "--nproc-per-node", 2)
     n_shards = N_DOCS // SHARD
     assert f"doc embeddings: {n_shards} shards of up to {SHARD}, {len(done)} were cached" in p.stdout
-    assert all((f.stat().st_mtime_ns, f.stat().st_ino) == (s.st_mtime_ns, s.st_ino)
-               for f, s in done.items())  # finished shards were not written again
+    assert all(
+        (f.stat().st_mtime_ns, f.stat().st_ino) == (s.st_mtime_ns, s.st_ino) for f, s in done.items()
+    )  # finished shards were not written again
     assert (tmp_path / "out.jsonl").read_bytes() == minilm.out.read_bytes()
 
 
@@ -207,12 +244,23 @@ def test_dense_mined_file_trains(minilm, tmp_path):
 
 # --- BM25, then our own model as teacher ----------------------------------------------------
 
+
 @pytest.mark.slow  # tests/test_demo.py's ablation mines with a trained run (self:) by default
 def test_bm25_then_self_teacher_rounds(scifact, tmp_path):
     """Round 1: BM25 over the whole corpus, then train; round 2: that run is the teacher."""
     bm25_out = tmp_path / "bm25.jsonl"
-    p = sfr_ds("mine", scifact.train, "--corpus", SCIFACT / "corpus.jsonl", "--teacher", "bm25",
-               "--out", bm25_out, "--k", K)
+    p = sfr_ds(
+        "mine",
+        scifact.train,
+        "--corpus",
+        SCIFACT / "corpus.jsonl",
+        "--teacher",
+        "bm25",
+        "--out",
+        bm25_out,
+        "--k",
+        K,
+    )
     assert "5,183 docs" in p.stdout and printed_recall(p.stdout) > 0.8
     mined = read_jsonl(bm25_out)
     for r in mined:
@@ -224,8 +272,9 @@ def test_bm25_then_self_teacher_rounds(scifact, tmp_path):
     assert len(train_on(bm25_out, tmp_path / "round1")) == 2
 
     self_out = tmp_path / "self.jsonl"
-    p = sfr_ds(*mine_args(scifact.train, scifact.corpus, f"self:{tmp_path / 'round1'}", self_out,
-                          tmp_path / "cache"))
+    p = sfr_ds(
+        *mine_args(scifact.train, scifact.corpus, f"self:{tmp_path / 'round1'}", self_out, tmp_path / "cache")
+    )
     assert "teacher self:" in p.stdout and "0 were cached" in p.stdout
     mined = read_jsonl(self_out)
     assert len(mined) == N_QUERIES and all(len(r.neg) == K for r in mined)

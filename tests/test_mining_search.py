@@ -1,4 +1,5 @@
 """Mining: FAISS search equals brute force (ties to lower id), BM25 teacher, negative selection."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,12 +20,16 @@ def brute_topk(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndar
 
 # --- search ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("nq,nd,d,k,chunk", [
-    (37, 50, 8, 5, 10),
-    (100, 300, 16, 100, 7),
-    (5, 20, 4, 20, 2),  # k == corpus size
-    (3, 10, 4, 50, 2),  # k > corpus size: clipped
-])
+
+@pytest.mark.parametrize(
+    "nq,nd,d,k,chunk",
+    [
+        (37, 50, 8, 5, 10),
+        (100, 300, 16, 100, 7),
+        (5, 20, 4, 20, 2),  # k == corpus size
+        (3, 10, 4, 50, 2),  # k > corpus size: clipped
+    ],
+)
 def test_search_equals_brute_force_with_ties(nq, nd, d, k, chunk):
     # Small integers make every score exact in float32, and produce many exact ties.
     rng = np.random.default_rng(nq)
@@ -41,8 +46,10 @@ def test_search_equals_brute_force_with_ties(nq, nd, d, k, chunk):
 @pytest.mark.parametrize("nq,nd,d,k,chunk", [(64, 500, 32, 10, 25), (19, 1000, 64, 100, 8)])
 def test_search_equals_brute_force_normalised(nq, nd, d, k, chunk):
     rng = np.random.default_rng(d)
-    queries, corpus = (x / np.linalg.norm(x, axis=1, keepdims=True)
-                       for x in (rng.standard_normal((n, d)).astype(np.float32) for n in (nq, nd)))
+    queries, corpus = (
+        x / np.linalg.norm(x, axis=1, keepdims=True)
+        for x in (rng.standard_normal((n, d)).astype(np.float32) for n in (nq, nd))
+    )
     scores, ids = search(queries, corpus, k, query_chunk=chunk, use_gpu=False)
     ref_scores, ref_ids = brute_topk(queries, corpus, k)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
@@ -113,6 +120,7 @@ def test_bm25_deterministic_and_unknown_query():
 
 # --- select_negatives -----------------------------------------------------------------------
 
+
 def make_mining_case(nq=12, n_docs=400, depth=40, seed=0):
     """Random ranked lists with positives and duplicates of positive text under other ids."""
     rng = np.random.default_rng(seed)
@@ -135,21 +143,27 @@ def make_mining_case(nq=12, n_docs=400, depth=40, seed=0):
 def expected_window(ids, scores, pos, pos_texts, doc_texts, lo, hi):
     """Direct computation: (rank, id, score) of non-positives in the window."""
     texts = {t.strip() for t in pos_texts}
-    keep = [(i, s) for i, s in zip(ids.tolist(), scores.tolist())
-            if i not in pos and doc_texts[i].strip() not in texts]
+    keep = [
+        (i, s)
+        for i, s in zip(ids.tolist(), scores.tolist())
+        if i not in pos and doc_texts[i].strip() not in texts
+    ]
     return [(r, i, s) for r, (i, s) in enumerate(keep) if lo <= r < hi]
 
 
 def test_select_window_and_no_positives():
     ids, scores, positives, doc_texts, pos_texts = make_mining_case()
     keys = [f"q{i}" for i in range(len(ids))]
-    out, report = select_negatives(ids, scores, positives, doc_texts, pos_texts, 5,
-                                   query_keys=keys, range_min=3, range_max=30)
+    out, report = select_negatives(
+        ids, scores, positives, doc_texts, pos_texts, 5, query_keys=keys, range_min=3, range_max=30
+    )
     assert report.dropped_as_positive_text > 0
     for q, negs in enumerate(out):
         texts = {t.strip() for t in pos_texts[q]}
-        window = {(r, i) for r, i, _ in expected_window(ids[q], scores[q], positives[q], pos_texts[q],
-                                                        doc_texts, 3, 30)}
+        window = {
+            (r, i)
+            for r, i, _ in expected_window(ids[q], scores[q], positives[q], pos_texts[q], doc_texts, 3, 30)
+        }
         assert len(negs) == 5 and [n["rank"] for n in negs] == sorted(n["rank"] for n in negs)
         for n in negs:
             assert 3 <= n["rank"] < 30 and (n["rank"], n["id"]) in window
@@ -161,13 +175,26 @@ def test_select_margin_filter_matches_direct_computation():
     ids, scores, positives, doc_texts, pos_texts = make_mining_case(seed=1)
     keys = list(range(len(ids)))
     margin, lo, hi = 0.95, 0, 35
-    out, report = select_negatives(ids, scores, positives, doc_texts, pos_texts, 100,
-                                   query_keys=keys, range_min=lo, range_max=hi, margin=margin)
+    out, report = select_negatives(
+        ids,
+        scores,
+        positives,
+        doc_texts,
+        pos_texts,
+        100,
+        query_keys=keys,
+        range_min=lo,
+        range_max=hi,
+        margin=margin,
+    )
     dropped = 0
     for q, negs in enumerate(out):
         texts = {t.strip() for t in pos_texts[q]}
-        ref = max(s for i, s in zip(ids[q].tolist(), scores[q].tolist())
-                  if i in positives[q] or doc_texts[i].strip() in texts)
+        ref = max(
+            s
+            for i, s in zip(ids[q].tolist(), scores[q].tolist())
+            if i in positives[q] or doc_texts[i].strip() in texts
+        )
         window = expected_window(ids[q], scores[q], positives[q], pos_texts[q], doc_texts, lo, hi)
         kept = [(r, i) for r, i, s in window if s < margin * ref]
         dropped += len(window) - len(kept)
@@ -179,8 +206,9 @@ def test_select_margin_uses_given_score_or_skips():
     ids = np.array([[5, 6, 7, 8]])
     scores = np.array([[0.9, 0.8, 0.5, 0.1]], np.float32)
     args = (ids, scores, [{99}], [f"d{i}" for i in range(100)], [["d99"]], 10)
-    out, report = select_negatives(*args, query_keys=["a"], range_min=0, range_max=4, margin=0.9,
-                                   positive_scores=[0.6])
+    out, report = select_negatives(
+        *args, query_keys=["a"], range_min=0, range_max=4, margin=0.9, positive_scores=[0.6]
+    )
     assert [n["id"] for n in out[0]] == [7, 8] and report.dropped_by_margin == 2
     out, report = select_negatives(*args, query_keys=["a"], range_min=0, range_max=4, margin=0.9)
     assert len(out[0]) == 4 and report.n_margin_skipped == 1 and report.dropped_by_margin == 0
@@ -190,30 +218,47 @@ def test_select_is_deterministic_and_order_independent():
     ids, scores, positives, doc_texts, pos_texts = make_mining_case(seed=2)
     keys = [f"query-{i}" for i in range(len(ids))]
     kw = dict(range_min=2, range_max=30)
-    first, _ = select_negatives(ids, scores, positives, doc_texts, pos_texts, 4, query_keys=keys, seed=7, **kw)
-    again, _ = select_negatives(ids, scores, positives, doc_texts, pos_texts, 4, query_keys=keys, seed=7, **kw)
+    first, _ = select_negatives(
+        ids, scores, positives, doc_texts, pos_texts, 4, query_keys=keys, seed=7, **kw
+    )
+    again, _ = select_negatives(
+        ids, scores, positives, doc_texts, pos_texts, 4, query_keys=keys, seed=7, **kw
+    )
     assert first == again
     perm = np.random.default_rng(0).permutation(len(ids))
-    shuffled, _ = select_negatives(ids[perm], scores[perm], [positives[p] for p in perm], doc_texts,
-                                   [pos_texts[p] for p in perm], 4, query_keys=[keys[p] for p in perm],
-                                   seed=7, **kw)
+    shuffled, _ = select_negatives(
+        ids[perm],
+        scores[perm],
+        [positives[p] for p in perm],
+        doc_texts,
+        [pos_texts[p] for p in perm],
+        4,
+        query_keys=[keys[p] for p in perm],
+        seed=7,
+        **kw,
+    )
     assert [shuffled[j] for j in np.argsort(perm)] == first
-    other, _ = select_negatives(ids, scores, positives, doc_texts, pos_texts, 4, query_keys=keys, seed=8, **kw)
+    other, _ = select_negatives(
+        ids, scores, positives, doc_texts, pos_texts, 4, query_keys=keys, seed=8, **kw
+    )
     assert other != first
 
 
 def test_select_reports_short_and_empty():
     doc_texts = [f"d{i}" for i in range(20)]
-    ids = np.array([
-        list(range(0, 10)),                        # 10 non-positives after removing 1: window 2..8 full
-        [10, 11, 12, 13, -1, -1, -1, -1, -1, -1],  # 4 candidates, 3 after the positive: ranks 2 only
-        [14, 15, -1, -1, -1, -1, -1, -1, -1, -1],  # nothing reaches rank 2
-    ])
+    ids = np.array(
+        [
+            list(range(0, 10)),  # 10 non-positives after removing 1: window 2..8 full
+            [10, 11, 12, 13, -1, -1, -1, -1, -1, -1],  # 4 candidates, 3 after the positive: ranks 2 only
+            [14, 15, -1, -1, -1, -1, -1, -1, -1, -1],  # nothing reaches rank 2
+        ]
+    )
     scores = np.tile(np.linspace(1, 0.1, 10, dtype=np.float32), (3, 1))
     positives = [{0}, {10}, {14}]
     pos_texts = [[doc_texts[0]], [doc_texts[10]], [doc_texts[14]]]
-    out, report = select_negatives(ids, scores, positives, doc_texts, pos_texts, 3,
-                                   query_keys=["a", "b", "c"], range_min=2, range_max=8)
+    out, report = select_negatives(
+        ids, scores, positives, doc_texts, pos_texts, 3, query_keys=["a", "b", "c"], range_min=2, range_max=8
+    )
     assert [len(o) for o in out] == [3, 1, 0]
     assert out[1] == [{"id": 13, "rank": 2, "score": pytest.approx(scores[1, 3])}]
     assert (report.n_queries, report.n_short, report.n_empty) == (3, 2, 1)
@@ -223,7 +268,17 @@ def test_select_reports_short_and_empty():
 def test_select_rejects_bad_arguments():
     ids = np.zeros((2, 3), np.int64)
     with pytest.raises(ValueError) as err:
-        select_negatives(ids, np.zeros((2, 4)), [set(), set()], ["x"], [[]], 0, query_keys=["a", "b"],
-                         range_min=5, range_max=5, margin=0)
+        select_negatives(
+            ids,
+            np.zeros((2, 4)),
+            [set(), set()],
+            ["x"],
+            [[]],
+            0,
+            query_keys=["a", "b"],
+            range_min=5,
+            range_max=5,
+            margin=0,
+        )
     for part in ("same [nq, K] shape", "pos_texts has 1", "k must be", "range_min < range_max", "margin"):
         assert part in str(err.value)

@@ -1,12 +1,20 @@
 """LoRA r=8 on every linear layer of Mistral-7B: the seed's ~21M trainable parameters."""
+
 import torch
 from transformers import AutoConfig, AutoModel
 
 from sfr_ds.config import LoraConfig
 from sfr_ds.model import add_lora, count_parameters
 
-MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768)
+MISTRAL_7B = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=32768,
+)
 
 
 def test_mistral_7b_lora_has_about_21m_trainable_parameters():

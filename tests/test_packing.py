@@ -4,15 +4,17 @@ Packed = the real tokens of a chunk in one row, positions restarting per sequenc
 within each sequence (``packed_attention``; on CPU sdpa over the unpacked chunk). Decoders (Mistral,
 Llama; causal) and an encoder (BERT; bidirectional) are packed exactly, no padding fallback needed.
 """
+
 import functools
+import itertools
 import json
 import math
 import random
 
 import pytest
 import torch
-
 from conftest import ROOT, TINY, torchrun_worker
+
 from sfr_ds.config import ConfigError, LoraConfig, ModelConfig, load_config
 from sfr_ds.data.collate import tokenize
 from sfr_ds.gradcache import gradcache_backward, loss_and_grads, token_budget_chunks
@@ -20,16 +22,37 @@ from sfr_ds.host_reads import HostReads
 from sfr_ds.model import build_embedder, load_tokenizer
 from sfr_ds.train import infonce
 
-TINY_ARCH = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                 bos_token_id=1, eos_token_id=2, pad_token_id=3)
+TINY_ARCH = dict(
+    vocab_size=2048,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=3,
+)
 ARCHS = {
     # configs/tiny.yaml's model.random_init
     "mistral": (dict(model_type="mistral", **TINY_ARCH), "last"),
     "llama": (dict(model_type="llama", **TINY_ARCH), "last"),
-    "bert": (dict(model_type="bert", vocab_size=2048, hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512,
-                  pad_token_id=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), "mean"),
+    "bert": (
+        dict(
+            model_type="bert",
+            vocab_size=2048,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            pad_token_id=3,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
+        "mean",
+    ),
 }
 REL = 1e-5
 
@@ -54,11 +77,17 @@ def small_step(pooling: str, device: str = "cpu"):
     """6 queries and 12 documents (a positive and a negative each) with their InfoNCE."""
     tok, eos = tiny_tokenizer(), pooling == "last"
     queries, docs = tokenize(tok, texts()[:6], 64, eos), tokenize(tok, texts()[4:16], 64, eos)
-    return queries, docs, infonce(torch.arange(6, device=device) * 2, torch.ones(6, 12, dtype=torch.bool), 0.05)
+    return (
+        queries,
+        docs,
+        infonce(torch.arange(6, device=device) * 2, torch.ones(6, 12, dtype=torch.bool), 0.05),
+    )
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                             reason="needs a GPU"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")),
+]
 
 
 def with_lora_b(model):
@@ -106,7 +135,7 @@ def test_packed_equals_padded(name):
 
 
 def test_packed_backbone_refuses_padded_input():
-    padded, packed = embedders(*ARCHS["llama"])
+    _, packed = embedders(*ARCHS["llama"])
     tokens = tokenize(tiny_tokenizer(), ["a b", "c"], 16, True)
     with pytest.raises(ValueError, match="loaded for packed inputs"):
         packed(**vars(tokens))
@@ -123,7 +152,7 @@ def test_token_budget_chunks_respect_budget_and_cover_every_sequence():
         assert sum(lengths[i] for i in c) <= 1024 or len(c) == 1
     assert [1500] in [[lengths[i] for i in c] for c in chunks]
     # greedy filling of sorted lengths: each chunk but the last is short by less than its next item
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert sum(lengths[i] for i in a) + lengths[b[0]] > 1024
 
 
@@ -162,14 +191,23 @@ def rel_diff(a: dict, b: dict) -> float:
 def test_gradcache_with_packing_equals_plain_padded(tmp_path):
     """Two ranks, tiny config: packed token-budget GradCache (replay checked) == no GradCache, padded."""
     steps = "optim.max_steps=3"
-    packed = torchrun_worker(2, tmp_path / "packed.pt", steps, "gradcache.packing=true",
-                             "gradcache.chunk_tokens=64", "gradcache.check_replay=true",
-                             f"run.output_dir={tmp_path / 'packed'}")
-    plain = torchrun_worker(2, tmp_path / "plain.pt", steps, "gradcache.enabled=false",
-                            f"run.output_dir={tmp_path / 'plain'}")
+    packed = torchrun_worker(
+        2,
+        tmp_path / "packed.pt",
+        steps,
+        "gradcache.packing=true",
+        "gradcache.chunk_tokens=64",
+        "gradcache.check_replay=true",
+        f"run.output_dir={tmp_path / 'packed'}",
+    )
+    plain = torchrun_worker(
+        2, tmp_path / "plain.pt", steps, "gradcache.enabled=false", f"run.output_dir={tmp_path / 'plain'}"
+    )
     for step in (1, 2, 3):
         assert set(packed[step]) == set(plain[step])
-        assert rel_diff(plain[step], packed[step]) <= REL, f"step {step}: {rel_diff(plain[step], packed[step]):.2e}"
+        assert rel_diff(plain[step], packed[step]) <= REL, (
+            f"step {step}: {rel_diff(plain[step], packed[step]):.2e}"
+        )
 
 
 # ----------------------------------------------------------------------------- GPU kernels
@@ -188,10 +226,10 @@ def test_torch_varlen_call_fits_each_release(release, monkeypatch):
 
     params = VARLEN_SIGNATURES[release]
     monkeypatch.setattr(model, "_torch_varlen_params", lambda: frozenset(params))
-    causal = lambda kw: kw.get("is_causal", kw.get("window_size") == (-1, 0))  # noqa: E731
-    kwargs, expand = model._torch_varlen_kwargs(causal=True, scale=128 ** -0.5, gqa=True, head_dim=128)
+    causal = lambda kw: kw.get("is_causal", kw.get("window_size") == (-1, 0))
+    kwargs, expand = model._torch_varlen_kwargs(causal=True, scale=128**-0.5, gqa=True, head_dim=128)
     assert set(kwargs) <= params and causal(kwargs) is True
-    assert kwargs.get("scale", 128 ** -0.5) == 128 ** -0.5  # the default scale may go unsaid
+    assert kwargs.get("scale", 128**-0.5) == 128**-0.5  # the default scale may go unsaid
     # a kernel without grouped-query attention gets K/V repeated to the query's heads
     assert expand == ("enable_gqa" not in params)
     kwargs, expand = model._torch_varlen_kwargs(causal=False, scale=None, gqa=False, head_dim=128)
@@ -206,11 +244,13 @@ def test_repeated_kv_heads_equal_grouped_query_attention():
 
     torch.manual_seed(0)
     q, k, v = torch.randn(10, 8, 16), torch.randn(10, 2, 16), torch.randn(10, 2, 16)  # [T, heads, D]
-    as_sdpa = lambda x: x.transpose(0, 1)[None]  # noqa: E731  -> [1, heads, T, D]
+    as_sdpa = lambda x: x.transpose(0, 1)[None]
     grouped = torch.nn.functional.scaled_dot_product_attention(
-        as_sdpa(q), as_sdpa(k), as_sdpa(v), is_causal=True, enable_gqa=True)
+        as_sdpa(q), as_sdpa(k), as_sdpa(v), is_causal=True, enable_gqa=True
+    )
     repeated = torch.nn.functional.scaled_dot_product_attention(
-        as_sdpa(q), as_sdpa(repeat_kv_heads(k, 8)), as_sdpa(repeat_kv_heads(v, 8)), is_causal=True)
+        as_sdpa(q), as_sdpa(repeat_kv_heads(k, 8)), as_sdpa(repeat_kv_heads(v, 8)), is_causal=True
+    )
     assert (grouped - repeated).abs().max() <= 1e-6
 
 
@@ -222,8 +262,11 @@ def bf16_errors(device: str, name: str = "mistral") -> tuple[float, float, float
     tokens = all_tokens(pooling)
     weight = torch.randn(len(tokens), 256, device=device)
     results = {}
-    for kind, model, batch in (("ref", padded, tokens), ("padded", padded, tokens),
-                               ("packed", packed, tokens.pack(list(range(len(tokens)))))):
+    for kind, model, batch in (
+        ("ref", padded, tokens),
+        ("padded", padded, tokens),
+        ("packed", packed, tokens.pack(list(range(len(tokens))))),
+    ):
         model = model.to(device, torch.float32 if kind == "ref" else torch.bfloat16)
         model.zero_grad()
         emb = model(**vars(batch.to(device)))
@@ -243,11 +286,13 @@ def test_packed_bf16_is_as_accurate_as_padded_bf16(device, monkeypatch):
 
     if device == "cuda":
         plan = model._torch_varlen_kwargs(True, None, True, 64)
-        assert model._flash_attn_varlen() is not None or plan is not None, \
+        assert model._flash_attn_varlen() is not None or plan is not None, (
             f"torch {torch.__version__} has no varlen kernel sfr-ds can call"
+        )
 
         def no_grid(*args, **kwargs):
             raise AssertionError("packed attention fell back to the padded grid on a GPU")
+
         monkeypatch.setattr(model, "_padded_attention", no_grid)
     torch.manual_seed(0)
     pad_emb, pack_emb, pad_grad, pack_grad = bf16_errors(device)
@@ -257,6 +302,7 @@ def test_packed_bf16_is_as_accurate_as_padded_bf16(device, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- host synchronisation
+
 
 class PlainEngine:
     """What gradcache_backward needs of a DeepSpeed engine, with nothing of DeepSpeed's own."""
@@ -284,8 +330,15 @@ def host_reads_of_a_step(name: str, packing: bool) -> set[tuple[str, str]]:
 
     reads = HostReads()
     with reads:
-        gradcache_backward(PlainEngine(packed if packing else padded), queries, docs, loss_fn, chunk_size=4,
-                           gate=gate, chunk_tokens=128 if packing else None)
+        gradcache_backward(
+            PlainEngine(packed if packing else padded),
+            queries,
+            docs,
+            loss_fn,
+            chunk_size=4,
+            gate=gate,
+            chunk_tokens=128 if packing else None,
+        )
     return reads.functions()
 
 
@@ -315,10 +368,13 @@ def test_gradcache_replay_reproduces_the_cache_pass_with_dropout(device):
     cfg = ModelConfig(name_or_path="tiny", random_init=arch, pooling=pooling, dtype="fp32")
     torch.manual_seed(0)
     model = with_lora_b(build_embedder(cfg, LoraConfig(dropout=0.1), packed=True)).to(
-        device, torch.bfloat16 if device == "cuda" else torch.float32)
+        device, torch.bfloat16 if device == "cuda" else torch.float32
+    )
     queries, docs, loss_fn = small_step(pooling, device)
     # check_replay asserts each re-embedded chunk equals its cached embedding (to 1e-5)
-    loss = gradcache_backward(PlainEngine(model, device), queries, docs, loss_fn, chunk_size=4,
-                              check_replay=True, chunk_tokens=128)
-    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0
-                                        for p in model.parameters() if p.requires_grad)
+    loss = gradcache_backward(
+        PlainEngine(model, device), queries, docs, loss_fn, chunk_size=4, check_replay=True, chunk_tokens=128
+    )
+    assert torch.isfinite(loss) and any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad
+    )

@@ -1,4 +1,5 @@
 """The training loop's prefetch: step s+1's inputs are made during step s, and nothing else changes."""
+
 import threading
 
 import pytest

@@ -1,5 +1,6 @@
 """prepare.py against counts and texts computed here straight from the source files, and the
 bundled data against the rules it was built by."""
+
 from __future__ import annotations
 
 import csv
@@ -26,6 +27,7 @@ def data() -> Path:
 
 # --- BEIR -----------------------------------------------------------------------------------
 
+
 def test_from_beir_scifact_train_matches_qrels_and_corpus(data):
     corpus = {}
     with open(data / "scifact" / "corpus.jsonl", encoding="utf-8") as f:
@@ -38,9 +40,11 @@ def test_from_beir_scifact_train_matches_qrels_and_corpus(data):
     with open(data / "scifact" / "qrels" / "train.tsv", encoding="utf-8") as f:
         for qid, did, score in (line.rstrip("\n").split("\t") for line in list(f)[1:]):
             judged.setdefault(qid, []).append((did, int(score)))
-    relevant = {q: [d for d, s in pairs if s > 0] for q, pairs in judged.items()
-                if q in queries and all(d in corpus for d, _ in pairs)
-                and any(s > 0 for _, s in pairs)}
+    relevant = {
+        q: [d for d, s in pairs if s > 0]
+        for q, pairs in judged.items()
+        if q in queries and all(d in corpus for d, _ in pairs) and any(s > 0 for _, s in pairs)
+    }
 
     records, report = from_beir(data / "scifact", "train", "scifact")
 
@@ -61,13 +65,16 @@ def _beir_dir(root: Path, corpus_lines: list[str], qrels_rows: list[str]) -> Pat
     queries = [{"_id": q, "text": f"claim {q}"} for q in ("q1", "q2", "q3", "q4")]
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     (root / "qrels" / "train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(row + "\n" for row in qrels_rows))
+        "query-id\tcorpus-id\tscore\n" + "".join(row + "\n" for row in qrels_rows)
+    )
     return root
 
 
 def test_from_beir_skips_queries_by_reason(tmp_path):
-    docs = [json.dumps({"_id": "d1", "title": " T ", "text": "body one"}),
-            json.dumps({"_id": "d2", "title": "", "text": "body two"})]
+    docs = [
+        json.dumps({"_id": "d1", "title": " T ", "text": "body one"}),
+        json.dumps({"_id": "d2", "title": "", "text": "body two"}),
+    ]
     rows = ["q1\td1\t1", "q1\td2\t1", "q2\td1\t0", "q3\tmissing\t1", "q3\td1\t1", "q9\td1\t1"]
     records, report = from_beir(_beir_dir(tmp_path, docs, rows), "train", "x", "inst")
 
@@ -91,6 +98,7 @@ def test_unknown_dataset_needs_an_instruction(tmp_path):
 
 # --- STS ------------------------------------------------------------------------------------
 
+
 def test_from_sts_keeps_high_pairs_in_both_directions(data):
     path = data / "stsbenchmark" / "sts-train.csv"
     with open(path, encoding="utf-8", newline="") as f:
@@ -108,15 +116,21 @@ def test_from_sts_keeps_high_pairs_in_both_directions(data):
 
 def test_from_sts_min_score_and_extra_columns(tmp_path):
     path = tmp_path / "sts.csv"
-    path.write_text("g\tf\t2012\t0001\t4.5\tA \"quoted\" cat.\tA cat.\tlicence\textra\n"
-                    "g\tf\t2012\t0002\t3.9\tA dog.\tA cat.\n", encoding="utf-8")
+    path.write_text(
+        'g\tf\t2012\t0001\t4.5\tA "quoted" cat.\tA cat.\tlicence\textra\n'
+        "g\tf\t2012\t0002\t3.9\tA dog.\tA cat.\n",
+        encoding="utf-8",
+    )
     records, report = from_sts(path, "stsb", min_score=4.0)
-    assert [(r.query, r.pos) for r in records] == [('A "quoted" cat.', ["A cat."]),
-                                                    ("A cat.", ['A "quoted" cat.'])]
+    assert [(r.query, r.pos) for r in records] == [
+        ('A "quoted" cat.', ["A cat."]),
+        ("A cat.", ['A "quoted" cat.']),
+    ]
     assert report.reasons == {"below min_score": 1}
 
 
 # --- labels as documents --------------------------------------------------------------------
+
 
 def test_from_labelled_banking77_labels_as_documents(data):
     path = data / "banking77" / "train.csv"
@@ -147,17 +161,24 @@ def test_from_labelled_sampled_negatives_are_deterministic(data):
 def test_from_labelled_label_text_and_task_type(tmp_path):
     path = tmp_path / "l.csv"
     path.write_text("sentence,topic\nhello,a_b\nbye,c\n", encoding="utf-8")
-    records, _ = from_labelled(path, "x", "inst", task_type="clustering", text_field="sentence",
-                               label_field="topic", label_text={"a_b": "Alpha", "c": "Gamma"})
+    records, _ = from_labelled(
+        path,
+        "x",
+        "inst",
+        task_type="clustering",
+        text_field="sentence",
+        label_field="topic",
+        label_text={"a_b": "Alpha", "c": "Gamma"},
+    )
     assert [(r.pos, r.neg) for r in records] == [(["Alpha"], ["Gamma"]), (["Gamma"], ["Alpha"])]
     with pytest.raises(ValueError, match="task_type"):
-        from_labelled(path, "x", "inst", task_type="retrieval", text_field="sentence",
-                      label_field="topic")
+        from_labelled(path, "x", "inst", task_type="retrieval", text_field="sentence", label_field="topic")
     with pytest.raises(RecordError, match="lacks column"):
         from_labelled(path, "x", "inst")
 
 
 # --- bundled data ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_files_are_valid_records(name):
@@ -177,8 +198,7 @@ def test_bundled_scifact_negatives_respect_window_and_positives():
 
 def test_bundled_tiny_mixes_three_task_types():
     records = read_jsonl(BUNDLE / "tiny.jsonl")
-    assert Counter(r.task_type for r in records) == {"retrieval": 32, "sts": 32,
-                                                      "classification": 32}
+    assert Counter(r.task_type for r in records) == {"retrieval": 32, "sts": 32, "classification": 32}
     assert all(len(r.neg) >= 3 for r in records)
 
 
@@ -206,7 +226,10 @@ def test_mini_eval_suite_shares_no_text_with_the_training_bundle(data):
         sentences = [s for line in f for s in line.rstrip("\n").split("\t")[5:7]]
     with open(ev / "pubmedqa" / "rerank.jsonl", encoding="utf-8") as f:
         pubmed = [t for r in map(json.loads, f) for t in [r["query"], *r["positive"], *r["negative"]]]
-    banking = [r["text"] for split in ("clustering", "test", "train")
-               for r in csv.DictReader(open(ev / "banking77" / f"{split}.csv", encoding="utf-8"))]
+    banking = [
+        r["text"]
+        for split in ("clustering", "test", "train")
+        for r in csv.DictReader((ev / "banking77" / f"{split}.csv").read_text(encoding="utf-8").splitlines())
+    ]
     eval_texts = [*corpus.values(), *claims.values(), *sentences, *pubmed, *banking]
     assert len(eval_texts) > 2000 and not set(eval_texts) & train_texts

@@ -1,4 +1,5 @@
 """Bad training data is refused with the file, the line and the field."""
+
 import json
 
 import pytest
@@ -6,13 +7,19 @@ import pytest
 from sfr_ds.data.load import load_records
 from sfr_ds.data.records import RecordError, read_jsonl
 
-GOOD = {"query": "q", "pos": ["p"], "neg": ["n"], "task_type": "retrieval", "dataset": "d",
-        "instruction": "Retrieve"}
+GOOD = {
+    "query": "q",
+    "pos": ["p"],
+    "neg": ["n"],
+    "task_type": "retrieval",
+    "dataset": "d",
+    "instruction": "Retrieve",
+}
 
 
 def write(tmp_path, lines):
     p = tmp_path / "train.jsonl"
-    p.write_text("".join(l + "\n" for l in lines))
+    p.write_text("".join(line + "\n" for line in lines))
     return p
 
 
@@ -22,14 +29,17 @@ def test_good_file_loads(tmp_path):
     assert len(recs) == 2 and recs[1].extra == {"query_id": "7"} and recs[0].loss_mode == "in_batch"
 
 
-@pytest.mark.parametrize("bad, where, what", [
-    ('{"query": "q", "pos": ["p"]', 2, "not valid JSON"),
-    (json.dumps({k: v for k, v in GOOD.items() if k != "dataset"}), 2, "field 'dataset' is missing"),
-    (json.dumps(dict(GOOD, pos=[])), 2, "field 'pos' is an empty list"),
-    (json.dumps(dict(GOOD, task_type="retreival")), 2, "field 'task_type'"),
-    (json.dumps(dict(GOOD, neg="n")), 2, "field 'neg' must be a list of strings"),
-    (json.dumps(dict(GOOD, neg_ids=[1, 2])), 2, "field 'neg_ids' must be a list as long as 'neg'"),
-])
+@pytest.mark.parametrize(
+    "bad, where, what",
+    [
+        ('{"query": "q", "pos": ["p"]', 2, "not valid JSON"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "dataset"}), 2, "field 'dataset' is missing"),
+        (json.dumps(dict(GOOD, pos=[])), 2, "field 'pos' is an empty list"),
+        (json.dumps(dict(GOOD, task_type="retreival")), 2, "field 'task_type'"),
+        (json.dumps(dict(GOOD, neg="n")), 2, "field 'neg' must be a list of strings"),
+        (json.dumps(dict(GOOD, neg_ids=[1, 2])), 2, "field 'neg_ids' must be a list as long as 'neg'"),
+    ],
+)
 def test_bad_record_names_file_line_and_field(tmp_path, bad, where, what):
     p = write(tmp_path, [json.dumps(GOOD), bad, json.dumps(GOOD)])
     with pytest.raises(RecordError) as e:
@@ -39,7 +49,9 @@ def test_bad_record_names_file_line_and_field(tmp_path, bad, where, what):
 
 def test_all_problems_of_a_record_at_once(tmp_path):
     p = write(tmp_path, [json.dumps(dict(GOOD, query=" ", pos=[], task_type="x"))])
-    msg = str(pytest.raises(RecordError, read_jsonl, p).value)
+    with pytest.raises(RecordError) as caught:
+        read_jsonl(p)
+    msg = str(caught.value)
     assert "'query' is empty" in msg and "'pos' is an empty list" in msg and "'task_type'" in msg
 
 
@@ -62,8 +74,22 @@ def test_training_stops_on_a_bad_line_naming_it(tmp_path):
     from conftest import ROOT, TINY, proc_env
 
     p = write(tmp_path, [json.dumps(GOOD), json.dumps(dict(GOOD, pos=[]))])
-    r = subprocess.run([sys.executable, "-m", "sfr_ds.cli", "train", str(TINY), f"data.train_files=[{p}]",
-                        "--output-dir", str(tmp_path / "run")], capture_output=True, text=True,
-                       env=proc_env(), cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfr_ds.cli",
+            "train",
+            str(TINY),
+            f"data.train_files=[{p}]",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=proc_env(),
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode != 0
     assert f"{p}:2: field 'pos' is an empty list" in r.stderr

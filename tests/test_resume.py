@@ -1,4 +1,5 @@
 """Resume is exact: N steps straight == a run SIGKILLed after a checkpoint, then resumed."""
+
 import os
 import signal
 import subprocess
@@ -7,9 +8,9 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT, TINY, proc_env, read_metrics, sfr_ds, untimed_metrics
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, proc_env, read_metrics, sfr_ds, untimed_metrics
 
 def orphans(run_dir) -> list[int]:
     """Processes still running whose command line names the run directory."""
@@ -36,10 +37,28 @@ def straight(tmp_path_factory):
 
 
 def start(run_dir, *extra):
-    cmd = [sys.executable, "-m", "sfr_ds.cli", "train", str(TINY), *ARGS, *extra, "--output-dir",
-           str(run_dir), "--nproc-per-node", "2"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=proc_env(), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "sfr_ds.cli",
+        "train",
+        str(TINY),
+        *ARGS,
+        *extra,
+        "--output-dir",
+        str(run_dir),
+        "--nproc-per-node",
+        "2",
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=proc_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for(path, p, seconds=240):
@@ -98,15 +117,27 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path, stra
 def test_nonfinite_loss_stops_or_skips(tmp_path, straight):
     env = dict(proc_env(), SFR_DS_FAULT_NAN_STEP="3")
     cmd = [sys.executable, "-m", "sfr_ds.cli", "train", str(TINY), *ARGS, "--nproc-per-node", "2"]
-    p = subprocess.run(cmd + ["--output-dir", str(tmp_path / "stop")], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        cmd + ["--output-dir", str(tmp_path / "stop")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     dataset = read_metrics(straight)[2]["dataset"]
     assert p.returncode != 0
     assert f"non-finite loss at step 3 (dataset {dataset}" in p.stdout + p.stderr
     assert [r["step"] for r in read_metrics(tmp_path / "stop")] == [1, 2]
 
-    p = subprocess.run(cmd + ["run.on_nonfinite=skip", "--output-dir", str(tmp_path / "skip")],
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        cmd + ["run.on_nonfinite=skip", "--output-dir", str(tmp_path / "skip")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     rows, ref = read_metrics(tmp_path / "skip"), read_metrics(straight)
     assert rows[2]["skipped"] is True and rows[2]["loss"] is None and rows[2]["grad_norm"] is None
@@ -116,11 +147,40 @@ def test_nonfinite_loss_stops_or_skips(tmp_path, straight):
 
 def test_fresh_run_refuses_existing_checkpoints(tmp_path):
     sfr_ds("train", TINY, "optim.max_steps=2", "run.save_every=1", "--output-dir", tmp_path)
-    p = subprocess.run([sys.executable, "-m", "sfr_ds.cli", "train", str(TINY), "optim.max_steps=2",
-                        "--output-dir", str(tmp_path)], capture_output=True, text=True, env=proc_env(), cwd=ROOT)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfr_ds.cli",
+            "train",
+            str(TINY),
+            "optim.max_steps=2",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=proc_env(),
+        cwd=ROOT,
+    )
     assert p.returncode != 0 and "--resume" in p.stderr
     # resuming with a different config is refused, naming the field
-    p = subprocess.run([sys.executable, "-m", "sfr_ds.cli", "train", str(TINY), "optim.max_steps=2",
-                        "optim.lr=0.5", "--output-dir", str(tmp_path), "--resume"],
-                       capture_output=True, text=True, env=proc_env(), cwd=ROOT)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfr_ds.cli",
+            "train",
+            str(TINY),
+            "optim.max_steps=2",
+            "optim.lr=0.5",
+            "--output-dir",
+            str(tmp_path),
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        env=proc_env(),
+        cwd=ROOT,
+    )
     assert p.returncode != 0 and "optim.lr" in p.stderr

@@ -4,12 +4,12 @@ Round 1 mines with MiniLM, round 2 with the round-1 model; each round trains the
 evaluates it on a small STS file. Round 2's training job is cancelled while it runs; running the
 same command again skips every complete stage and finishes round 2.
 """
+
 import subprocess
 import sys
 
 import pytest
 import yaml
-
 from conftest import ROOT, proc_env
 from slurm_cluster import cluster_fixture
 from test_slurm_train import SHRINK, wait_until
@@ -22,8 +22,14 @@ ONE_CPU = ["--ntasks=1", "--cpus-per-task=1", "--mem=2G", "--time=20"]
 def rounds(cluster, cfg_path, *args):
     env = cluster.env(proc_env())
     env.update(SFR_DS_PYTHON=sys.executable, SFR_DS_HOME=str(ROOT))
-    p = subprocess.run([sys.executable, "-m", "sfr_ds.cli", "rounds", str(cfg_path), *args], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "sfr_ds.cli", "rounds", str(cfg_path), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout
 
@@ -32,11 +38,14 @@ def test_two_rounds_with_a_failure_in_round_two(cluster, tmp_path, shared_data):
     sts = tmp_path / "sts-small.csv"
     sts.write_text("".join((shared_data / "stsbenchmark" / "sts-dev.csv").read_text().splitlines(True)[:120]))
     cfg = {
-        "output_dir": str(tmp_path / "pipeline"), "rounds": 2,
-        "train_input": "sfr_ds/resources/data/tiny.jsonl", "corpus": "from-records",
+        "output_dir": str(tmp_path / "pipeline"),
+        "rounds": 2,
+        "train_input": "sfr_ds/resources/data/tiny.jsonl",
+        "corpus": "from-records",
         "teacher": "builtin:minilm",
         "mine_args": ["--range", "2", "20", "--k", "3", "--doc-max-len", "64", "--batch-size", "64"],
-        "train_config": "configs/tiny.yaml", "train_overrides": ["optim.max_steps=4", "run.save_every=1"],
+        "train_config": "configs/tiny.yaml",
+        "train_overrides": ["optim.max_steps=4", "run.save_every=1"],
         "eval_args": ["--tasks", f"sts:{sts}"],
         "slurm": {"mine": ONE_CPU, "train": SHRINK, "eval": ONE_CPU},
     }
@@ -44,10 +53,16 @@ def test_two_rounds_with_a_failure_in_round_two(cluster, tmp_path, shared_data):
     cfg_path.write_text(yaml.safe_dump(cfg))
     out = rounds(cluster, cfg_path)
     assert out.count("submitted job") == 6, out
-    state = lambda: yaml.safe_load((tmp_path / "pipeline" / "rounds.json").read_text())  # noqa: E731
+    state = lambda: yaml.safe_load((tmp_path / "pipeline" / "rounds.json").read_text())
     train2 = state()["2/train"]
-    wait_until(lambda: cluster.run("squeue", "-h", "-j", train2, "-o", "%T", check=False).stdout.strip() == "RUNNING",
-               "round 2 training to start", timeout=600, cluster=cluster)
+    wait_until(
+        lambda: (
+            cluster.run("squeue", "-h", "-j", train2, "-o", "%T", check=False).stdout.strip() == "RUNNING"
+        ),
+        "round 2 training to start",
+        timeout=600,
+        cluster=cluster,
+    )
     cluster.run("scancel", train2)  # the forced failure
     wait_until(lambda: not cluster.queue(), "the queue to drain", timeout=300, cluster=cluster)
     status = rounds(cluster, cfg_path, "--status")

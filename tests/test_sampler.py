@@ -1,4 +1,5 @@
 """Global batches: one dataset per step when homogeneous, mixed otherwise, pure in (seed, epoch, step)."""
+
 import numpy as np
 import pytest
 

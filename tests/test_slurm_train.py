@@ -3,6 +3,7 @@
 The script is submitted unmodified except for resource overrides on the sbatch command line (the
 fake node advertises 8 GPUs; here each job runs 2 CPU ranks). Skipped where Slurm is not installed.
 """
+
 import os
 import re
 import signal
@@ -12,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT, TINY, proc_env, read_metrics, untimed_metrics
+from safetensors.torch import load_file
 from slurm_cluster import cluster_fixture
 
 pytestmark = pytest.mark.slurm
@@ -27,9 +27,26 @@ def submit(cluster, run_dir: Path, *extra_args: str) -> str:
     env = cluster.env(proc_env())
     env.update(SFR_DS_PYTHON=sys.executable, SFR_DS_HOME=str(ROOT))
     import subprocess
-    p = subprocess.run(["sbatch", "--parsable", *SHRINK, f"--output={run_dir}.log",
-                        str(ROOT / "slurm" / "train_8xa100.sh"), str(TINY), "--output-dir", str(run_dir),
-                        *ARGS, *extra_args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    p = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            *SHRINK,
+            f"--output={run_dir}.log",
+            str(ROOT / "slurm" / "train_8xa100.sh"),
+            str(TINY),
+            "--output-dir",
+            str(run_dir),
+            *ARGS,
+            *extra_args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     return p.stdout.strip().split(";")[0]
 
@@ -47,7 +64,7 @@ def job_state(cluster, job: str) -> str:
     q = cluster.run("squeue", "-h", "-j", job, "-o", "%T", check=False).stdout.strip()
     if q:
         return q
-    comp = (cluster.root / "log" / "jobcomp.txt")
+    comp = cluster.root / "log" / "jobcomp.txt"
     states = re.findall(rf"JobId={job} .*?JobState=(\S+)", comp.read_text()) if comp.exists() else []
     return states[-1] if states else "UNKNOWN"
 
@@ -87,8 +104,11 @@ def test_pre_timeout_signal_checkpoints_requeues_and_resumes_exactly(cluster, un
     wait_until(lambda: (run_dir / "checkpoints" / "latest").exists(), "a first checkpoint", cluster=cluster)
     # what --signal=B:USR1@300 delivers before the time limit
     cluster.run("scancel", "--batch", "--signal=USR1", job)
-    wait_until(lambda: finished(cluster, job) and (run_dir / "final").exists(), "requeue and completion",
-               cluster=cluster)
+    wait_until(
+        lambda: finished(cluster, job) and (run_dir / "final").exists(),
+        "requeue and completion",
+        cluster=cluster,
+    )
     log = Path(f"{run_dir}.log").read_text()
     assert "USR1: asking every rank to checkpoint and stop" in log and "requeueing job" in log
     assert "restart 1" in log and "resumed from" in log
@@ -101,8 +121,11 @@ def test_external_requeue_resumes_exactly(cluster, uninterrupted, tmp_path):
     job = submit(cluster, run_dir)
     wait_until(lambda: (run_dir / "checkpoints" / "latest").exists(), "a first checkpoint", cluster=cluster)
     cluster.run("scontrol", "requeue", job)
-    wait_until(lambda: finished(cluster, job) and (run_dir / "final").exists(), "requeue and completion",
-               cluster=cluster)
+    wait_until(
+        lambda: finished(cluster, job) and (run_dir / "final").exists(),
+        "requeue and completion",
+        cluster=cluster,
+    )
     assert "restart 1" in Path(f"{run_dir}.log").read_text()
     same(uninterrupted, run_dir)
 
@@ -111,8 +134,11 @@ def test_a_killed_rank_fails_the_job_quickly(cluster, tmp_path):
     run_dir = tmp_path / "dead"
     job = submit(cluster, run_dir, "optim.max_steps=100000", "run.save_every=100000")
     wait_until(lambda: (run_dir / "metrics.jsonl").exists(), "training steps", cluster=cluster)
-    ranks = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-             if _cmdline(pid).startswith(sys.executable) and str(run_dir) in _cmdline(pid)]
+    ranks = [
+        pid
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+        if _cmdline(pid).startswith(sys.executable) and str(run_dir) in _cmdline(pid)
+    ]
     assert len(ranks) == 2, ranks
     killed_at = time.time()
     os.kill(ranks[1], signal.SIGKILL)

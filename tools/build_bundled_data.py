@@ -7,6 +7,7 @@ positives removed by id and text, a per-query seeded draw), so the bundle looks 
 ``mine`` produces. The output is a pure function of the source files and ``--seed``; rerunning
 it must leave ``git diff`` empty.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 from sfr_ds.data.prepare import (  # noqa: E402
-    PrepareReport, from_beir, from_labelled, from_sts, load_beir_corpus)
+    PrepareReport,
+    from_beir,
+    from_labelled,
+    from_sts,
+    load_beir_corpus,
+)
 from sfr_ds.data.records import Record, write_jsonl  # noqa: E402
 from sfr_ds.mining.bm25 import BM25Teacher  # noqa: E402
 from sfr_ds.mining.select import retrieval_depth, select_negatives  # noqa: E402
@@ -46,8 +52,14 @@ class Built:
     few_negatives: int
 
 
-def mine(records: list[Record], pool_texts: list[str], pool_ids: list[str],
-         positives: list[set[int]], shown: list[str], seed: int) -> None:
+def mine(
+    records: list[Record],
+    pool_texts: list[str],
+    pool_ids: list[str],
+    positives: list[set[int]],
+    shown: list[str],
+    seed: int,
+) -> None:
     """Give each record up to ``N_NEG`` BM25 negatives from the rank window, with audit fields.
 
     ``positives`` are pool indices never to use for that record; ``shown`` is the pool text as
@@ -55,17 +67,28 @@ def mine(records: list[Record], pool_texts: list[str], pool_ids: list[str],
     Zero-score candidates share no word with the query and sit in arbitrary order, so they are
     treated as absent rather than as hard negatives.
     """
-    scores, ids = BM25Teacher(pool_texts).search([r.query for r in records],
-                                                 retrieval_depth(WINDOW[1], positives))
-    picks, _ = select_negatives(np.where(scores > 0, ids, -1), scores, positives, shown,
-                                [r.pos for r in records], N_NEG,
-                                query_keys=[r.extra["query_id"] for r in records],
-                                range_min=WINDOW[0], range_max=WINDOW[1], seed=seed)
+    scores, ids = BM25Teacher(pool_texts).search(
+        [r.query for r in records], retrieval_depth(WINDOW[1], positives)
+    )
+    picks, _ = select_negatives(
+        np.where(scores > 0, ids, -1),
+        scores,
+        positives,
+        shown,
+        [r.pos for r in records],
+        N_NEG,
+        query_keys=[r.extra["query_id"] for r in records],
+        range_min=WINDOW[0],
+        range_max=WINDOW[1],
+        seed=seed,
+    )
     for rec, chosen in zip(records, picks):
         rec.neg = [shown[c["id"]] for c in chosen]
-        rec.extra.update(neg_ids=[pool_ids[c["id"]] for c in chosen],
-                         neg_ranks=[c["rank"] for c in chosen],
-                         neg_scores=[round(float(c["score"]), 4) for c in chosen])
+        rec.extra.update(
+            neg_ids=[pool_ids[c["id"]] for c in chosen],
+            neg_ranks=[c["rank"] for c in chosen],
+            neg_scores=[round(float(c["score"]), 4) for c in chosen],
+        )
 
 
 def subset(items: list, n: int, seed: int) -> list:
@@ -79,7 +102,7 @@ def cut(text: str) -> str:
     if len(text) <= MAX_DOC_CHARS:
         return text
     head = text[:MAX_DOC_CHARS]
-    return head[:head.rfind(" ")] if " " in head else head
+    return head[: head.rfind(" ")] if " " in head else head
 
 
 def build_scifact(data: Path, seed: int) -> Built:
@@ -89,8 +112,14 @@ def build_scifact(data: Path, seed: int) -> Built:
     index_of = {doc_id: i for i, doc_id in enumerate(ids)}
     for rec in records:
         rec.pos = [cut(p) for p in rec.pos]
-    mine(records, texts, ids, [{index_of[d] for d in r.extra["pos_ids"]} for r in records],
-         [cut(t) for t in texts], seed)
+    mine(
+        records,
+        texts,
+        ids,
+        [{index_of[d] for d in r.extra["pos_ids"]} for r in records],
+        [cut(t) for t in texts],
+        seed,
+    )
     full = [r for r in records if len(r.neg) == N_NEG]
     return Built(subset(full, N_SCIFACT, seed), report, len(texts), len(records) - len(full))
 
@@ -110,25 +139,37 @@ def build_stsb(data: Path, seed: int) -> Built:
     for i, text in enumerate(texts):
         for pair in pairs_of[text]:
             in_pair.setdefault(pair, set()).add(i)
-    mine(records, texts, [first_id[t] for t in texts],
-         [in_pair[r.extra["pair_id"]] for r in records], texts, seed)
+    mine(
+        records,
+        texts,
+        [first_id[t] for t in texts],
+        [in_pair[r.extra["pair_id"]] for r in records],
+        texts,
+        seed,
+    )
     # Keep pairs whole: both directions need the full set of negatives.
     short = {r.extra["pair_id"] for r in records if len(r.neg) < N_NEG}
     wanted = set(subset(sorted({r.extra["pair_id"] for r in records} - short), N_STSB_PAIRS, seed))
-    return Built([r for r in records if r.extra["pair_id"] in wanted], report, len(texts),
-                 sum(r.extra["pair_id"] in short for r in records))
+    return Built(
+        [r for r in records if r.extra["pair_id"] in wanted],
+        report,
+        len(texts),
+        sum(r.extra["pair_id"] in short for r in records),
+    )
 
 
 def build_banking77(data: Path, seed: int) -> Built:
-    records, report = from_labelled(data / "banking77" / "train.csv", "banking77",
-                                    n_neg=N_NEG, seed=seed)
+    records, report = from_labelled(data / "banking77" / "train.csv", "banking77", n_neg=N_NEG, seed=seed)
     return Built(subset(records, N_BANKING, seed), report, len({r.pos[0] for r in records}), 0)
 
 
 def build_tiny(bundles: list[list[Record]], seed: int) -> list[Record]:
     """``N_TINY`` records from each bundle, each with at least ``TINY_MIN_NEG`` negatives."""
-    return [r for records in bundles
-            for r in subset([r for r in records if len(r.neg) >= TINY_MIN_NEG], N_TINY, seed)]
+    return [
+        r
+        for records in bundles
+        for r in subset([r for r in records if len(r.neg) >= TINY_MIN_NEG], N_TINY, seed)
+    ]
 
 
 PROVENANCE = """\
@@ -207,27 +248,46 @@ No WikiQA data is bundled (its licence is non-commercial).
 
 
 def write_provenance(out: Path, seed: int, built: dict[str, Built], tiny: list[Record]) -> None:
-    sources = {"scifact_train.jsonl": "scifact/corpus.jsonl, queries.jsonl, qrels/train.tsv",
-               "stsb_train.jsonl": "stsbenchmark/sts-train.csv",
-               "banking77_train.jsonl": "banking77/train.csv"}
+    sources = {
+        "scifact_train.jsonl": "scifact/corpus.jsonl, queries.jsonl, qrels/train.tsv",
+        "stsb_train.jsonl": "stsbenchmark/sts-train.csv",
+        "banking77_train.jsonl": "banking77/train.csv",
+    }
     rows = [(name, b.records, b.records[0].task_type, sources[name]) for name, b in built.items()]
     rows.append(("tiny.jsonl", tiny, "retrieval, sts, classification", "the three above"))
-    table = "\n".join(f"| {name} | {len(recs)} | {(out / name).stat().st_size:,} | {task} | {src} |"
-                      for name, recs, task, src in rows)
+    table = "\n".join(
+        f"| {name} | {len(recs)} | {(out / name).stat().st_size:,} | {task} | {src} |"
+        for name, recs, task, src in rows
+    )
     sci, sts, bank = (built[n] for n in sources)
     text = PROVENANCE.format(
-        command=COMMAND, seed=seed, lo=WINDOW[0], hi_1=WINDOW[1] - 1, n_neg=N_NEG, table=table,
-        scifact_n=len(sci.records), scifact_all=sci.report.written, scifact_report=sci.report,
-        scifact_pool=f"{sci.pool:,}", max_chars=MAX_DOC_CHARS,
-        stsb_pairs=len(sts.records) // 2, stsb_all=sts.report.written // 2,
-        scifact_few=sci.few_negatives, stsb_report=sts.report, stsb_pool=f"{sts.pool:,}",
-        stsb_few=sts.few_negatives, stsb_few_pairs=sts.few_negatives // 2,
-        banking_n=len(bank.records), banking_all=bank.report.written,
-        banking_report=bank.report, n_other=bank.pool - 1,
-        n_tiny=N_TINY, tiny_min=TINY_MIN_NEG)
+        command=COMMAND,
+        seed=seed,
+        lo=WINDOW[0],
+        hi_1=WINDOW[1] - 1,
+        n_neg=N_NEG,
+        table=table,
+        scifact_n=len(sci.records),
+        scifact_all=sci.report.written,
+        scifact_report=sci.report,
+        scifact_pool=f"{sci.pool:,}",
+        max_chars=MAX_DOC_CHARS,
+        stsb_pairs=len(sts.records) // 2,
+        stsb_all=sts.report.written // 2,
+        scifact_few=sci.few_negatives,
+        stsb_report=sts.report,
+        stsb_pool=f"{sts.pool:,}",
+        stsb_few=sts.few_negatives,
+        stsb_few_pairs=sts.few_negatives // 2,
+        banking_n=len(bank.records),
+        banking_all=bank.report.written,
+        banking_report=bank.report,
+        n_other=bank.pool - 1,
+        n_tiny=N_TINY,
+        tiny_min=TINY_MIN_NEG,
+    )
     # Reports name absolute source paths; write them relative to the repository's parent.
-    (out / "PROVENANCE.md").write_text(text.replace(str(ROOT.parent) + "/", "../"),
-                                       encoding="utf-8")
+    (out / "PROVENANCE.md").write_text(text.replace(str(ROOT.parent) + "/", "../"), encoding="utf-8")
 
 
 def main() -> None:
@@ -238,16 +298,17 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    built = {"scifact_train.jsonl": build_scifact(args.data, args.seed),
-             "stsb_train.jsonl": build_stsb(args.data, args.seed),
-             "banking77_train.jsonl": build_banking77(args.data, args.seed)}
+    built = {
+        "scifact_train.jsonl": build_scifact(args.data, args.seed),
+        "stsb_train.jsonl": build_stsb(args.data, args.seed),
+        "banking77_train.jsonl": build_banking77(args.data, args.seed),
+    }
     tiny = build_tiny([b.records for b in built.values()], args.seed)
     for name, records in [*((n, b.records) for n, b in built.items()), ("tiny.jsonl", tiny)]:
         write_jsonl(records, args.out / name)
         print(f"{name}: {len(records)} records, {(args.out / name).stat().st_size:,} bytes")
     shutil.copyfile(args.data / "banking77" / "LICENSE", args.out / "LICENSE-banking77")
-    shutil.copyfile(args.data / "stsbenchmark" / "LICENSE.txt",
-                    args.out / "LICENSE-stsbenchmark.txt")
+    shutil.copyfile(args.data / "stsbenchmark" / "LICENSE.txt", args.out / "LICENSE-stsbenchmark.txt")
     write_provenance(args.out, args.seed, built, tiny)
 
 

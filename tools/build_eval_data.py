@@ -11,6 +11,7 @@ pairs whose sentences it never uses, Banking77 texts it does not contain, PubMed
 SciFact's train and test claims share one corpus, so without that filter 45 of the judged abstracts
 were positives of training records. The output is a pure function of the sources and ``--seed``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def cut(text: str) -> str:
     if len(text) <= MAX_DOC_CHARS:
         return text
     head = text[:MAX_DOC_CHARS]
-    return head[:head.rfind(" ")] if " " in head else head
+    return head[: head.rfind(" ")] if " " in head else head
 
 
 def bundle_texts(name: str) -> tuple[set[str], set[str]]:
@@ -100,10 +101,12 @@ def build_scifact(src: Path, out: Path, seed: int) -> str:
         f.write("query-id\tcorpus-id\tscore\n")
         f.writelines(f"{q}\t{d}\t1\n" for q in qids for d in qrels[q])
     n_rel = sum(len(qrels[q]) for q in qids)
-    return (f"{len(qids)} of {len(qrels)} test claims ({n_rel} judgements; the {len(clean)} whose "
-            f"judged abstracts the training bundle never uses), corpus {len(keep)} of {len(ids)} "
-            f"abstracts: the judged ones plus BM25's highest-ranked others among the "
-            f"{len(unused)} the bundle never uses")
+    return (
+        f"{len(qids)} of {len(qrels)} test claims ({n_rel} judgements; the {len(clean)} whose "
+        f"judged abstracts the training bundle never uses), corpus {len(keep)} of {len(ids)} "
+        f"abstracts: the judged ones plus BM25's highest-ranked others among the "
+        f"{len(unused)} the bundle never uses"
+    )
 
 
 def build_pubmedqa(src: Path, out: Path, seed: int) -> str:
@@ -118,12 +121,23 @@ def build_pubmedqa(src: Path, out: Path, seed: int) -> str:
     (out / "pubmedqa").mkdir()
     with open(out / "pubmedqa" / "rerank.jsonl", "w", encoding="utf-8") as f:
         for i, question in enumerate(questions):
-            others = [int(j) for j in top[i] if j != i][:N_CANDIDATES - 1]
-            f.write(json.dumps({"query": question, "positive": [docs[i]],
-                                "negative": [docs[j] for j in others], "pmid": pmids[i]}) + "\n")
+            others = [int(j) for j in top[i] if j != i][: N_CANDIDATES - 1]
+            f.write(
+                json.dumps(
+                    {
+                        "query": question,
+                        "positive": [docs[i]],
+                        "negative": [docs[j] for j in others],
+                        "pmid": pmids[i],
+                    }
+                )
+                + "\n"
+            )
     shutil.copy(src / "LICENSE", out / "LICENSE-pubmedqa")
-    return (f"{len(pmids)} of the {len(test)} PQA-L test questions; candidates = the question's own "
-            f"abstract + the {N_CANDIDATES - 1} other abstracts of the pool BM25 scores highest")
+    return (
+        f"{len(pmids)} of the {len(test)} PQA-L test questions; candidates = the question's own "
+        f"abstract + the {N_CANDIDATES - 1} other abstracts of the pool BM25 scores highest"
+    )
 
 
 def build_stsb(src: Path, out: Path, seed: int) -> str:
@@ -133,8 +147,10 @@ def build_stsb(src: Path, out: Path, seed: int) -> str:
     chosen = sample(clean, N_STS_PAIRS, seed)
     (out / "stsbenchmark").mkdir()
     (out / "stsbenchmark" / "sts-test.csv").write_text("".join(chosen), encoding="utf-8")
-    return (f"{len(chosen)} of the {len(clean)} sts-test.csv pairs (of {len(lines)}) neither of whose "
-            f"sentences the training bundle uses, lines unmodified")
+    return (
+        f"{len(chosen)} of the {len(clean)} sts-test.csv pairs (of {len(lines)}) neither of whose "
+        f"sentences the training bundle uses, lines unmodified"
+    )
 
 
 def build_banking77(src: Path, out: Path, seed: int) -> str:
@@ -150,21 +166,26 @@ def build_banking77(src: Path, out: Path, seed: int) -> str:
         return [r for label in sorted(by_label) for r in sample(by_label[label], n, seed)]
 
     (out / "banking77").mkdir()
-    parts = {"test": per_label(src / "test.csv", BANKING_TEST_PER_LABEL, used),
-             "train": per_label(src / "train.csv", BANKING_TRAIN_PER_LABEL, used)}
+    parts = {
+        "test": per_label(src / "test.csv", BANKING_TEST_PER_LABEL, used),
+        "train": per_label(src / "train.csv", BANKING_TRAIN_PER_LABEL, used),
+    }
     intents = set(sample(sorted({r["category"] for r in parts["test"]}), N_CLUSTER_INTENTS, seed))
-    parts["clustering"] = [r for r in per_label(src / "test.csv", CLUSTER_PER_INTENT, used)
-                           if r["category"] in intents]
+    parts["clustering"] = [
+        r for r in per_label(src / "test.csv", CLUSTER_PER_INTENT, used) if r["category"] in intents
+    ]
     for split, rows in parts.items():
         with open(out / "banking77" / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, ["text", "category"], lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-    return (f"clustering.csv: {len(parts['clustering'])} rows of test.csv ({CLUSTER_PER_INTENT} of "
-            f"each of {N_CLUSTER_INTENTS} intents); "
-            f"test: {len(parts['test'])} rows ({BANKING_TEST_PER_LABEL} per intent) of test.csv; "
-            f"train (the classifier's): {len(parts['train'])} rows ({BANKING_TRAIN_PER_LABEL} per "
-            f"intent) of train.csv, none of them in banking77_train.jsonl")
+    return (
+        f"clustering.csv: {len(parts['clustering'])} rows of test.csv ({CLUSTER_PER_INTENT} of "
+        f"each of {N_CLUSTER_INTENTS} intents); "
+        f"test: {len(parts['test'])} rows ({BANKING_TEST_PER_LABEL} per intent) of test.csv; "
+        f"train (the classifier's): {len(parts['train'])} rows ({BANKING_TRAIN_PER_LABEL} per "
+        f"intent) of train.csv, none of them in banking77_train.jsonl"
+    )
 
 
 PROVENANCE = """\
@@ -201,12 +222,15 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    notes = {"scifact": build_scifact(args.data / "scifact", args.out, args.seed),
-             "pubmedqa": build_pubmedqa(args.data / "pubmedqa_pqal", args.out, args.seed),
-             "stsb": build_stsb(args.data / "stsbenchmark", args.out, args.seed),
-             "banking": build_banking77(args.data / "banking77", args.out, args.seed)}
+    notes = {
+        "scifact": build_scifact(args.data / "scifact", args.out, args.seed),
+        "pubmedqa": build_pubmedqa(args.data / "pubmedqa_pqal", args.out, args.seed),
+        "stsb": build_stsb(args.data / "stsbenchmark", args.out, args.seed),
+        "banking": build_banking77(args.data / "banking77", args.out, args.seed),
+    }
     (args.out / "PROVENANCE.md").write_text(
-        PROVENANCE.format(command=COMMAND, seed=args.seed, chars=MAX_DOC_CHARS, **notes))
+        PROVENANCE.format(command=COMMAND, seed=args.seed, chars=MAX_DOC_CHARS, **notes)
+    )
     for name, note in notes.items():
         print(f"{name}: {note}")
 

@@ -1,4 +1,5 @@
 """``sfr-ds ablate CONFIG``: the seed's ablation tables, one run directory per row."""
+
 from __future__ import annotations
 
 import click

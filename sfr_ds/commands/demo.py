@@ -1,4 +1,5 @@
 """``sfr-ds demo``: the whole recipe on bundled real data, on this machine, with a before/after table."""
+
 from __future__ import annotations
 
 import click
@@ -7,17 +8,43 @@ import click
 @click.command("demo", context_settings={"ignore_unknown_options": True})
 @click.argument("overrides", nargs=-1)
 @click.option("--output-dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Training config [default: configs/demo.yaml, SmolLM2-135M].")
-@click.option("--teacher", default="builtin:minilm", show_default=True,
-              help="Mining teacher: builtin:minilm | bm25 | a model path | self:RUN_DIR.")
-@click.option("--records-per-dataset", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Training records taken from each bundled dataset.")
-@click.option("--range", "window", nargs=2, type=int, default=(30, 100), show_default=True,
-              help="Negatives' rank window [MIN, MAX) of the teacher.")
-@click.option("--k", type=click.IntRange(min=1), default=7, show_default=True, help="Negatives mined per query.")
-@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
-              help="Training ranks [default: every GPU, else 2 CPU ranks].")
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Training config [default: configs/demo.yaml, SmolLM2-135M].",
+)
+@click.option(
+    "--teacher",
+    default="builtin:minilm",
+    show_default=True,
+    help="Mining teacher: builtin:minilm | bm25 | a model path | self:RUN_DIR.",
+)
+@click.option(
+    "--records-per-dataset",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Training records taken from each bundled dataset.",
+)
+@click.option(
+    "--range",
+    "window",
+    nargs=2,
+    type=int,
+    default=(30, 100),
+    show_default=True,
+    help="Negatives' rank window [MIN, MAX) of the teacher.",
+)
+@click.option(
+    "--k", type=click.IntRange(min=1), default=7, show_default=True, help="Negatives mined per query."
+)
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training ranks [default: every GPU, else 2 CPU ranks].",
+)
 def command(overrides, output_dir, config, teacher, records_per_dataset, window, k, nproc_per_node):
     """Prepare -> mine (MiniLM teacher) -> evaluate -> train SmolLM2-135M (2 ranks, ZeRO-2,
     GradCache, task-homogeneous batches) -> merge -> evaluate; prints the before/after table.
@@ -27,8 +54,14 @@ def command(overrides, output_dir, config, teacher, records_per_dataset, window,
     """
     from ..demo import DemoOptions, run_demo
 
-    options = DemoOptions(teacher=teacher, records_per_dataset=records_per_dataset, window=window,
-                          k=k, nproc=nproc_per_node, train_overrides=list(overrides))
+    options = DemoOptions(
+        teacher=teacher,
+        records_per_dataset=records_per_dataset,
+        window=window,
+        k=k,
+        nproc=nproc_per_node,
+        train_overrides=list(overrides),
+    )
     if config:
         options.config = config
     try:

@@ -4,6 +4,7 @@
 ``run`` (without --slurm), ``worker`` and ``lengths`` load a model; the rest is light enough for
 a login node.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,14 +36,13 @@ def command():
     """
 
 
-
 def _split_tasks(values: tuple[str, ...]) -> list[str]:
     """Comma-separated, but not inside parentheses: benchmark:MTEB(eng, v2) stays whole."""
     return [s.strip() for v in values for s in re.split(r",(?![^()]*\))", v) if s.strip()]
 
 
 def _default_out(source: str) -> Path:
-    from sfr_ds.eval.models import kind, label, ModelSpec
+    from sfr_ds.eval.models import ModelSpec, kind, label
 
     path = Path(source)
     if path.is_dir():
@@ -57,25 +57,45 @@ def _eval_dir(arg: str) -> Path:
     for candidate in (Path(arg), _default_out(arg)):
         if (candidate / MANIFEST).exists():
             return candidate
-    raise click.ClickException(f"{arg}: no evaluation found (neither {arg}/{MANIFEST} "
-                               f"nor {_default_out(arg)}/{MANIFEST})")
+    raise click.ClickException(
+        f"{arg}: no evaluation found (neither {arg}/{MANIFEST} nor {_default_out(arg)}/{MANIFEST})"
+    )
 
 
 def _model_options(f):
     options = [
-        click.option("--instructions/--no-instruction", default=None,
-                     help="Instructions on queries and symmetric tasks. Default by model kind: "
-                          "on for sfr-ds runs and decoders, off for BERT-like encoders."),
-        click.option("--pooling", type=click.Choice(["last", "mean", "cls"]), default=None,
-                     help="HF models only (default: sentence-transformers config, else mean for "
-                          "encoders and last for decoders)."),
-        click.option("--query-max-len", type=int, default=None, help="Default 512 (or the model's max_seq_length)."),
-        click.option("--doc-max-len", type=int, default=None, help="Default 512 (or the model's max_seq_length)."),
-        click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default=None,
-                     help="Default bf16 on GPU, fp32 on CPU."),
+        click.option(
+            "--instructions/--no-instruction",
+            default=None,
+            help="Instructions on queries and symmetric tasks. Default by model kind: "
+            "on for sfr-ds runs and decoders, off for BERT-like encoders.",
+        ),
+        click.option(
+            "--pooling",
+            type=click.Choice(["last", "mean", "cls"]),
+            default=None,
+            help="HF models only (default: sentence-transformers config, else mean for "
+            "encoders and last for decoders).",
+        ),
+        click.option(
+            "--query-max-len", type=int, default=None, help="Default 512 (or the model's max_seq_length)."
+        ),
+        click.option(
+            "--doc-max-len", type=int, default=None, help="Default 512 (or the model's max_seq_length)."
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["bf16", "fp32"]),
+            default=None,
+            help="Default bf16 on GPU, fp32 on CPU.",
+        ),
         click.option("--batch-size", type=int, default=32, show_default=True),
-        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                     help="Embedding cache root (default $SFR_DS_CACHE/eval-embeddings)."),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Embedding cache root (default $SFR_DS_CACHE/eval-embeddings).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -90,24 +110,56 @@ def _spec(model, instructions, pooling, query_max_len, doc_max_len, dtype, batch
 
 @command.command()
 @click.argument("model")
-@click.option("--tasks", "task_values", multiple=True,
-              help="MTEB task names, benchmark:NAME, or KIND:PATH[?key=value] local tasks "
-                   "(kinds: retrieval, sts, classification, clustering, reranking); comma-separated or repeated.")
+@click.option(
+    "--tasks",
+    "task_values",
+    multiple=True,
+    help="MTEB task names, benchmark:NAME, or KIND:PATH[?key=value] local tasks "
+    "(kinds: retrieval, sts, classification, clustering, reranking); comma-separated or repeated.",
+)
 @click.option("--suite", default=None, help="A named task suite (dev: the seed's dev report on local data).")
-@click.option("--data-root", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Data folder of a local suite (default $SFR_DS_DATA).")
-@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
-              help="Default: RUN/eval for a local model folder, else ./eval/NAME.")
+@click.option(
+    "--data-root",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Data folder of a local suite (default $SFR_DS_DATA).",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Default: RUN/eval for a local model folder, else ./eval/NAME.",
+)
 @_model_options
 @click.option("--slurm", is_flag=True, help="Submit a Slurm job array and return at once.")
 @click.option("--tasks-per-job", type=int, default=1, show_default=True, help="Tasks per array element.")
-@click.option("--sbatch", "sbatch_values", multiple=True,
-              help='Extra sbatch options, e.g. --sbatch "--partition=gpu --time=4:00:00".')
+@click.option(
+    "--sbatch",
+    "sbatch_values",
+    multiple=True,
+    help='Extra sbatch options, e.g. --sbatch "--partition=gpu --time=4:00:00".',
+)
 @click.option("--max-parallel", type=int, default=None, help="At most N array elements at once.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def run(model, task_values, suite, data_root, output_dir, instructions, pooling, query_max_len,
-        doc_max_len, dtype, batch_size, cache_dir, slurm, tasks_per_job, sbatch_values,
-        max_parallel, progress):
+def run(
+    model,
+    task_values,
+    suite,
+    data_root,
+    output_dir,
+    instructions,
+    pooling,
+    query_max_len,
+    doc_max_len,
+    dtype,
+    batch_size,
+    cache_dir,
+    slurm,
+    tasks_per_job,
+    sbatch_values,
+    max_parallel,
+    progress,
+):
     """Evaluate MODEL (a run directory, an adapter folder, a merged or any HF model, builtin:NAME)."""
     from sfr_ds.eval.runner import prepare, run_tasks
     from sfr_ds.eval.suite import suite_specs, write_summary
@@ -157,8 +209,9 @@ def _submit(out: Path, indices: list[int], per_job: int, sbatch_values, max_para
         job = submit(out, chunk(indices, per_job), sbatch_args(sbatch_values), max_parallel)
     except SlurmError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"submitted job {job}: {len(indices)} task(s) in {-(-len(indices) // per_job)} "
-               f"array element(s)")
+    click.echo(
+        f"submitted job {job}: {len(indices)} task(s) in {-(-len(indices) // per_job)} array element(s)"
+    )
     click.echo(f"follow with: sfr-ds eval status {out}\nthen:        sfr-ds eval collect {out}")
 
 
@@ -206,7 +259,9 @@ def collect(out, wait, poll, timeout):
         click.echo(slurm.status_table(unfinished))
         failed = [s.name for s in unfinished if s.state in ("failed", "not run")]
         if failed:
-            click.echo(f"re-submit alone: sfr-ds eval resubmit {out} " + " ".join(f"--task {n}" for n in failed))
+            click.echo(
+                f"re-submit alone: sfr-ds eval resubmit {out} " + " ".join(f"--task {n}" for n in failed)
+            )
         sys.exit(1)
 
 
@@ -235,7 +290,8 @@ def resubmit(out, names, sbatch_values):
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the table here.")
 def compare(evals, output):
     """Models side by side (evaluation folders or model paths), with deltas against the first."""
-    from sfr_ds.eval.suite import compare as compare_table, read_scores
+    from sfr_ds.eval.suite import compare as compare_table
+    from sfr_ds.eval.suite import read_scores
 
     text = compare_table([read_scores(_eval_dir(e)) for e in evals])
     if output:
@@ -246,11 +302,24 @@ def compare(evals, output):
 @command.command()
 @click.argument("model_a")
 @click.argument("model_b")
-@click.option("--task", "task_spec", required=True, help="A local retrieval task, e.g. retrieval:DATA/scifact.")
+@click.option(
+    "--task", "task_spec", required=True, help="A local retrieval task, e.g. retrieval:DATA/scifact."
+)
 @click.option("--output-dir", type=click.Path(file_okay=False), required=True)
 @_model_options
-def lengths(model_a, model_b, task_spec, output_dir, instructions, pooling, query_max_len,
-            doc_max_len, dtype, batch_size, cache_dir):
+def lengths(
+    model_a,
+    model_b,
+    task_spec,
+    output_dir,
+    instructions,
+    pooling,
+    query_max_len,
+    doc_max_len,
+    dtype,
+    batch_size,
+    cache_dir,
+):
     """rank(gold | A) - rank(gold | B) against query and document length: PNG and CSV.
 
     Model options apply to both models; each model's kind decides what is left unset.
@@ -258,8 +327,10 @@ def lengths(model_a, model_b, task_spec, output_dir, instructions, pooling, quer
     from sfr_ds.eval.length_analysis import analyse
     from sfr_ds.eval.tasks import TaskSpecError
 
-    specs = [_spec(m, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size)
-             for m in (model_a, model_b)]
+    specs = [
+        _spec(m, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size)
+        for m in (model_a, model_b)
+    ]
     try:
         csv_path, png_path = analyse(*specs, task_spec, Path(output_dir), cache_dir)
     except (TaskSpecError, ValueError) as e:

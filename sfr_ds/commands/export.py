@@ -1,4 +1,5 @@
-"""``sfr-ds export CHECKPOINT --out DIR``: a training checkpoint (any step, any ZeRO stage) as a PEFT adapter."""
+"""``sfr-ds export CHECKPOINT --out DIR``: a checkpoint (any step, any ZeRO stage) as a PEFT adapter."""
+
 from __future__ import annotations
 
 import click

@@ -1,4 +1,5 @@
 """``sfr-ds merge RUN_OR_ADAPTER --out DIR``: LoRA folded into full weights, verified, ready to serve."""
+
 from __future__ import annotations
 
 import click
@@ -7,16 +8,31 @@ import click
 @click.command("merge")
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the merged model.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="Dtype of the merged weights (default: the run's model.dtype).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16"]),
+    default=None,
+    help="Dtype of the merged weights (default: the run's model.dtype).",
+)
 @click.option("--max-shard-size", default="2GB", show_default=True, help="Largest safetensors shard.")
-@click.option("--query-instruction", default=None,
-              help="Instruction of the sentence-transformers 'query' prompt "
-                   "(default: 'Given a web search query, retrieve relevant passages that answer the query').")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Compare merged and base + adapter embeddings of probe texts; fail above the tolerance.")
-@click.option("--tolerance", type=float, default=None,
-              help="Largest max |difference| of the probe embeddings accepted (default: 1e-4 fp32, 5e-2 bf16).")
+@click.option(
+    "--query-instruction",
+    default=None,
+    help="Instruction of the sentence-transformers 'query' prompt "
+    "(default: 'Given a web search query, retrieve relevant passages that answer the query').",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Compare merged and base + adapter embeddings of probe texts; fail above the tolerance.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=None,
+    help="Largest max |difference| of the probe embeddings accepted (default: 1e-4 fp32, 5e-2 bf16).",
+)
 def command(source, out, dtype, max_shard_size, query_instruction, verify, tolerance):
     """Merge a run's (or an adapter folder's) LoRA into full weights in OUT.
 

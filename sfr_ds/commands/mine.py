@@ -1,4 +1,5 @@
 """``sfr-ds mine``: fill a training JSONL's negatives from a teacher's ranking."""
+
 from __future__ import annotations
 
 import os
@@ -15,40 +16,100 @@ DIST_TIMEOUT_S = 6 * 3600
 
 @click.command("mine")
 @click.argument("input", type=click.Path(exists=True, dir_okay=False))
-@click.option("--corpus", required=True,
-              help="A BEIR corpus.jsonl (positives dropped by pos_ids), or 'from-records': each "
-                   "dataset's own pos/neg texts.")
-@click.option("--teacher", required=True,
-              help="bm25 | builtin:minilm | a model path (plain HF encoder) | self:RUN_DIR.")
+@click.option(
+    "--corpus",
+    required=True,
+    help="A BEIR corpus.jsonl (positives dropped by pos_ids), or 'from-records': each "
+    "dataset's own pos/neg texts.",
+)
+@click.option(
+    "--teacher", required=True, help="bm25 | builtin:minilm | a model path (plain HF encoder) | self:RUN_DIR."
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL.")
-@click.option("--range", "window", nargs=2, type=int, default=(30, 100), show_default=True,
-              help="Rank window [MIN, MAX) after removing positives, 0-based.")
+@click.option(
+    "--range",
+    "window",
+    nargs=2,
+    type=int,
+    default=(30, 100),
+    show_default=True,
+    help="Rank window [MIN, MAX) after removing positives, 0-based.",
+)
 @click.option("--k", type=int, default=7, show_default=True, help="Negatives per query.")
-@click.option("--margin", type=float, default=None,
-              help="Drop candidates scoring >= MARGIN x the positive's score (e.g. 0.95).")
+@click.option(
+    "--margin",
+    type=float,
+    default=None,
+    help="Drop candidates scoring >= MARGIN x the positive's score (e.g. 0.95).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draw of k.")
-@click.option("--dataset", "datasets", multiple=True,
-              help="Mine only records of this dataset (repeatable); others pass through.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Embedding cache [default: ($SFR_DS_CACHE or ~/.cache/sfr_ds)/embeddings].")
+@click.option(
+    "--dataset",
+    "datasets",
+    multiple=True,
+    help="Mine only records of this dataset (repeatable); others pass through.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Embedding cache [default: ($SFR_DS_CACHE or ~/.cache/sfr_ds)/embeddings].",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Texts per cached shard: the unit of work per rank and of resume.")
-@click.option("--pooling", type=click.Choice(["auto", "mean", "last", "cls"]), default="auto",
-              show_default=True, help="Model teachers: auto = last for causal LMs, else mean.")
-@click.option("--query-instruction", default=None,
-              help="Replace each record's instruction for the teacher ('' = bare query).")
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Texts per cached shard: the unit of work per rank and of resume.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(["auto", "mean", "last", "cls"]),
+    default="auto",
+    show_default=True,
+    help="Model teachers: auto = last for causal LMs, else mean.",
+)
+@click.option(
+    "--query-instruction",
+    default=None,
+    help="Replace each record's instruction for the teacher ('' = bare query).",
+)
 @click.option("--query-max-len", type=int, default=None, help="[default: run's, else 128]")
 @click.option("--doc-max-len", type=int, default=None, help="[default: run's, else 256]")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="[default: bf16 on GPU, fp32 on CPU]")
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "bf16"]), default=None, help="[default: bf16 on GPU, fp32 on CPU]"
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
-              help="Start N local ranks (torchrun) that share the corpus encoding.")
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Start N local ranks (torchrun) that share the corpus encoding.",
+)
 @click.pass_context
-def command(ctx: click.Context, input, corpus, teacher, out, window, k, margin, seed, datasets,
-            cache_dir, batch_size, shard_size, pooling, query_instruction, query_max_len,
-            doc_max_len, dtype, progress, nproc_per_node):
+def command(
+    ctx: click.Context,
+    input,
+    corpus,
+    teacher,
+    out,
+    window,
+    k,
+    margin,
+    seed,
+    datasets,
+    cache_dir,
+    batch_size,
+    shard_size,
+    pooling,
+    query_instruction,
+    query_max_len,
+    doc_max_len,
+    dtype,
+    progress,
+    nproc_per_node,
+):
     """Mine hard negatives: sfr-ds mine INPUT.jsonl --corpus C --teacher T --out OUT.jsonl.
 
     Prints the teacher's recall@100 on the mined queries and how many got fewer than k.

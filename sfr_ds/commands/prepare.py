@@ -11,6 +11,7 @@ One source can be named on the command line; several go in a small YAML::
 Each source's other keys are the keyword arguments of its function in ``sfr_ds.data.prepare``
 (``from_beir``, ``from_sts``, ``from_labelled``); relative paths are read from the YAML's folder.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -49,8 +50,11 @@ def sources_from_yaml(path: str) -> tuple[list[Source], dict[str, str]]:
     """Sources and per-dataset instruction overrides; every problem of the file reported at once."""
     spec = yaml.safe_load(Path(path).read_text()) or {}
     base = Path(path).resolve().parent
-    problems = [f"unknown top-level key {k!r} (expected sources, instructions)"
-                for k in spec if k not in ("sources", "instructions")]
+    problems = [
+        f"unknown top-level key {k!r} (expected sources, instructions)"
+        for k in spec
+        if k not in ("sources", "instructions")
+    ]
     instructions = spec.get("instructions") or {}
     if not isinstance(instructions, dict):
         problems.append("instructions must map dataset names to instruction strings")
@@ -75,8 +79,7 @@ def sources_from_yaml(path: str) -> tuple[list[Source], dict[str, str]]:
 
 
 def source_from_cli(beir, sts, labelled, dataset, split, task_type) -> list[Source]:
-    given = [(kind, path) for kind, path in (("beir", beir), ("sts", sts), ("labelled", labelled))
-             if path]
+    given = [(kind, path) for kind, path in (("beir", beir), ("sts", sts), ("labelled", labelled)) if path]
     if len(given) > 1:
         raise click.UsageError("name one source on the command line; list several in a YAML")
     if not given:
@@ -105,17 +108,32 @@ def parse_instructions(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.command("prepare")
 @click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL.")
-@click.option("--beir", type=click.Path(exists=True, file_okay=False),
-              help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).")
+@click.option(
+    "--beir",
+    type=click.Path(exists=True, file_okay=False),
+    help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).",
+)
 @click.option("--split", default="train", show_default=True, help="BEIR qrels split.")
 @click.option("--sts", type=click.Path(exists=True, dir_okay=False), help="STS-benchmark CSV.")
-@click.option("--labelled", type=click.Path(exists=True, dir_okay=False),
-              help="CSV with text,category columns (labels as documents).")
-@click.option("--task-type", type=click.Choice(["classification", "clustering"]),
-              default="classification", show_default=True)
+@click.option(
+    "--labelled",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with text,category columns (labels as documents).",
+)
+@click.option(
+    "--task-type",
+    type=click.Choice(["classification", "clustering"]),
+    default="classification",
+    show_default=True,
+)
 @click.option("--dataset", help="Dataset name (picks the instruction) [default: BEIR folder name].")
-@click.option("--instruction", "instructions", multiple=True, metavar="DATASET=TEXT",
-              help="Instruction for a dataset, over the built-in table (repeatable).")
+@click.option(
+    "--instruction",
+    "instructions",
+    multiple=True,
+    metavar="DATASET=TEXT",
+    help="Instruction for a dataset, over the built-in table (repeatable).",
+)
 def command(config, out, beir, split, sts, labelled, task_type, dataset, instructions):
     """Write one training JSONL: sfr-ds prepare [SOURCES.yaml] [--beir|--sts|--labelled PATH] --out OUT.
 

@@ -1,4 +1,5 @@
 """``sfr-ds rounds``: submit (or continue) mining-then-training rounds; ``--status`` reports them."""
+
 from __future__ import annotations
 
 import click
@@ -21,7 +22,13 @@ def command(config, overrides, status, local, nproc_per_node):
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     try:
-        lines = pipeline.status() if status else pipeline.run_local(nproc_per_node) if local else pipeline.submit()
+        lines = (
+            pipeline.status()
+            if status
+            else pipeline.run_local(nproc_per_node)
+            if local
+            else pipeline.submit()
+        )
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None
     click.echo("\n".join(lines))

@@ -5,6 +5,7 @@ the candidate mask over the gathered documents needs no communication. Documents
 query-major: global query g owns documents ``[g*(1+k), (g+1)*(1+k))``, its positive first.
 That is also the order an all-gather of per-rank documents produces.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ class NegativeDrawer:
         self.n_empty = sum(1 for i in short if not records[i].neg)
         if short and policy == "error":
             lines = ", ".join(f"#{i} ({records[i].dataset}: {len(records[i].neg)})" for i in short[:10])
-            raise RecordError(f"{len(short)} records have fewer than data.hard_negatives={k} negatives "
-                             f"(first: {lines}); choose data.short_negatives=repeat or random")
+            raise RecordError(
+                f"{len(short)} records have fewer than data.hard_negatives={k} negatives "
+                f"(first: {lines}); choose data.short_negatives=repeat or random"
+            )
 
     def _from_pool(self, rng, i: int, n: int) -> list[str]:
         """Documents of other records of the same dataset (their positives and negatives)."""
@@ -64,8 +67,10 @@ class NegativeDrawer:
             if text not in banned:
                 out.append(text)
         if len(out) < n:
-            raise RecordError(f"dataset {rec.dataset!r}: cannot find {n} negatives for record #{i} "
-                             "among other records (too few distinct documents)")
+            raise RecordError(
+                f"dataset {rec.dataset!r}: cannot find {n} negatives for record #{i} "
+                "among other records (too few distinct documents)"
+            )
         return out
 
     def draw(self, i: int, epoch: int) -> list[str]:
@@ -79,12 +84,14 @@ class NegativeDrawer:
         if self.policy == "random" or not neg:
             return [neg[j] for j in rng.permutation(len(neg))] + self._from_pool(rng, i, k - len(neg))
         # 'repeat': every negative once, then re-draws from the same list
-        return [neg[j] for j in rng.permutation(len(neg))] + \
-               [neg[j] for j in rng.integers(len(neg), size=k - len(neg))]
+        return [neg[j] for j in rng.permutation(len(neg))] + [
+            neg[j] for j in rng.integers(len(neg), size=k - len(neg))
+        ]
 
 
-def build_text_batch(records: list[Record], indices: np.ndarray, epoch: int,
-                     drawer: NegativeDrawer) -> TextBatch:
+def build_text_batch(
+    records: list[Record], indices: np.ndarray, epoch: int, drawer: NegativeDrawer
+) -> TextBatch:
     queries, raw, docs, own, names = [], [], [], [], []
     pos_rng = np.random.default_rng([drawer.seed, epoch, 0xB0])
     for i in indices:

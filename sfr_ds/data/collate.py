@@ -5,10 +5,11 @@ last-token pooling the EOS token is appended by hand after truncation: some toke
 transformers for Llama/Mistral among them) do not add it, and the pooled state must be the one
 that has seen the whole text.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,29 +31,32 @@ class Tokens:
     def __len__(self) -> int:
         return self.input_ids.size(0)
 
-    def slice(self, start: int, stop: int) -> "Tokens":
+    def slice(self, start: int, stop: int) -> Tokens:
         """Rows [start, stop), trimmed to the longest sequence among them."""
         mask = self.attention_mask[start:stop]
         width = max(int(mask.sum(1).max()), 1)
         return Tokens(self.input_ids[start:stop, :width], mask[:, :width])
 
-    def to(self, device) -> "Tokens":
-        return Tokens(self.input_ids.to(device, non_blocking=True),
-                      self.attention_mask.to(device, non_blocking=True))
+    def to(self, device) -> Tokens:
+        return Tokens(
+            self.input_ids.to(device, non_blocking=True), self.attention_mask.to(device, non_blocking=True)
+        )
 
     def lengths(self) -> list[int]:
         return self.attention_mask.sum(1).tolist()
 
-    def pack(self, rows: Sequence[int]) -> "Packed":
+    def pack(self, rows: Sequence[int]) -> Packed:
         """Rows ``rows``, in that order, with their padding dropped and real tokens back to back."""
         index = torch.as_tensor(rows)
         mask = self.attention_mask[index].bool()
         lengths = mask.sum(1)
         positions = mask.cumsum(1) - 1  # restarts at 0 for every sequence, whichever side was padded
-        segments = Segments(position_ids=positions[mask].unsqueeze(0),
-                            seq_ids=torch.arange(len(rows)).repeat_interleave(lengths),
-                            cu_seqlens=F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32),
-                            max_len=int(lengths.max()))
+        segments = Segments(
+            position_ids=positions[mask].unsqueeze(0),
+            seq_ids=torch.arange(len(rows)).repeat_interleave(lengths),
+            cu_seqlens=F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32),
+            max_len=int(lengths.max()),
+        )
         return Packed(self.input_ids[index][mask].unsqueeze(0), segments)
 
 
@@ -69,6 +73,7 @@ class Segments:
 
     Everything is computed on the host when packing, so neither needs to read the device back.
     """
+
     position_ids: torch.Tensor  # [1, T] int64, restarting at 0 for every sequence
     seq_ids: torch.Tensor  # [T] int64, the sequence each token belongs to
     cu_seqlens: torch.Tensor  # [n + 1] int32, sequence boundaries (flash-attn's layout)
@@ -81,18 +86,23 @@ class Segments:
         """[T]: each token's place in the right-padded [n, max_len] grid of the same sequences."""
         return self.seq_ids * self.max_len + self.position_ids[0]
 
-    def to(self, device) -> "Segments":
-        return Segments(to_device(self.position_ids, device), to_device(self.seq_ids, device),
-                        to_device(self.cu_seqlens, device), self.max_len)
+    def to(self, device) -> Segments:
+        return Segments(
+            to_device(self.position_ids, device),
+            to_device(self.seq_ids, device),
+            to_device(self.cu_seqlens, device),
+            self.max_len,
+        )
 
 
 @dataclass
 class Packed:
     """Sequences packed into one row: [1, T] real tokens, no padding, attention kept per sequence."""
+
     input_ids: torch.Tensor  # [1, T] int64
     segments: Segments
 
-    def to(self, device) -> "Packed":
+    def to(self, device) -> Packed:
         return Packed(to_device(self.input_ids, device), self.segments.to(device))
 
 
@@ -116,12 +126,15 @@ def adds_eos(tokenizer) -> bool:
 def tokenize(tokenizer, texts: list[str], max_len: int, append_eos: bool) -> Tokens:
     """Tokenize with the tokenizer's special tokens, truncate to ``max_len`` including EOS, pad right."""
     if append_eos and tokenizer.eos_token_id is None:
-        raise ValueError(f"{type(tokenizer).__name__} has no EOS token, but last-token pooling "
-                         "needs one (set model.append_eos=false or use another tokenizer)")
+        raise ValueError(
+            f"{type(tokenizer).__name__} has no EOS token, but last-token pooling "
+            "needs one (set model.append_eos=false or use another tokenizer)"
+        )
     # room for the EOS we append, unless the tokenizer appends it itself (a merged model's does)
     room = max_len - 1 if append_eos and not adds_eos(tokenizer) else max_len
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=room,
-                    padding=False)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=room, padding=False)[
+        "input_ids"
+    ]
     if append_eos:
         eos = tokenizer.eos_token_id
         ids = [(x if x and x[-1] == eos else x + [eos]) for x in ids]
@@ -129,6 +142,6 @@ def tokenize(tokenizer, texts: list[str], max_len: int, append_eos: bool) -> Tok
     out = torch.full((len(ids), width), pad_id(tokenizer), dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for i, x in enumerate(ids):
-        out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, :len(x)] = 1
+        out[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
     return Tokens(out, mask)

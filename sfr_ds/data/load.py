@@ -3,6 +3,7 @@
 JSONL is read line by line by ``records.read_jsonl`` so that errors name the exact line; Parquet
 and hub datasets go through ``datasets`` and errors name the row (1-based, as ``line``).
 """
+
 from __future__ import annotations
 
 import os

@@ -9,11 +9,13 @@ loop on the launching thread keeps 81-93% of its rate beside it (``benchmarks/ho
 CUDA call there (even pinning memory) would also run on the thread's current device, GPU 0, not
 the rank's own.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -6,6 +6,7 @@ and why, so a user can tell a small output from a broken input. Negatives are le
 retrieval and STS; mining fills them later. Malformed input lines raise ``RecordError`` with the
 file and 1-based line, as ``records.read_jsonl`` does.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,18 +27,15 @@ INSTRUCTIONS: dict[str, str] = {
     "hotpotqa": "Given a multi-hop question, retrieve documents that can help answer the question",
     "fever": "Given a claim, retrieve documents that support or refute the claim",
     "climate-fever": "Given a claim about climate change, retrieve documents that support or "
-                     "refute the claim",
+    "refute the claim",
     "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
     "fiqa": "Given a financial question, retrieve user replies that best answer the question",
-    "quora": "Given a question, retrieve questions that are semantically equivalent to the given "
-             "question",
+    "quora": "Given a question, retrieve questions that are semantically equivalent to the given question",
     "arguana": "Given a claim, find documents that refute the claim",
     "nfcorpus": "Given a question, retrieve relevant documents that best answer the question",
-    "scidocs": "Given a scientific paper title, retrieve paper abstracts that are cited by the "
-               "given paper",
+    "scidocs": "Given a scientific paper title, retrieve paper abstracts that are cited by the given paper",
     "trec-covid": "Given a query on COVID-19, retrieve documents that answer the query",
-    "touche2020": "Given a question, retrieve detailed and persuasive arguments that answer the "
-                  "question",
+    "touche2020": "Given a question, retrieve detailed and persuasive arguments that answer the question",
     "dbpedia-entity": "Given a query, retrieve relevant entity descriptions from DBPedia",
     "squad": "Retrieve Wikipedia passages that answer the question",
     "triviaqa": "Retrieve Wikipedia passages that answer the question",
@@ -54,21 +52,19 @@ INSTRUCTIONS: dict[str, str] = {
     # reranking
     "askubuntudupquestions": "Retrieve duplicate questions from AskUbuntu forum",
     "stackoverflowdupquestions": "Retrieve duplicate questions from StackOverflow forum",
-    "scidocsrr": "Given a title of a scientific paper, retrieve the titles of other relevant "
-                 "papers",
+    "scidocsrr": "Given a title of a scientific paper, retrieve the titles of other relevant papers",
     # classification
     "banking77": "Given a online banking query, find the corresponding intents",
     "emotion": "Classify the emotion expressed in the given Twitter message into one of the six "
-               "emotions: anger, fear, joy, love, sadness, and surprise",
+    "emotions: anger, fear, joy, love, sadness, and surprise",
     "imdb": "Classify the sentiment expressed in the given movie review text from the IMDB dataset",
     "amazon_polarity": "Classify Amazon reviews into positive or negative sentiment",
     "toxic_conversations": "Classify the given comments as either toxic or not toxic",
     "tweet_sentiment_extraction": "Classify the sentiment of a given tweet as either positive, "
-                                  "negative, or neutral",
+    "negative, or neutral",
     # clustering
     "twentynewsgroups": "Identify the topic or theme of the given news articles",
-    "arxiv": "Identify the main and secondary category of Arxiv papers based on the titles and "
-             "abstracts",
+    "arxiv": "Identify the main and secondary category of Arxiv papers based on the titles and abstracts",
     "reddit": "Identify the topic or theme of Reddit posts based on the titles",
     "stackexchange": "Identify the topic or theme of StackExchange posts based on the titles",
     "medrxiv": "Identify the main category of Medrxiv papers based on the titles and abstracts",
@@ -94,8 +90,7 @@ class PrepareReport:
 
     def __str__(self) -> str:
         why = ", ".join(f"{r}: {n}" for r, n in sorted(self.reasons.items()))
-        return f"{self.source}: {self.written} written, {self.skipped} skipped" + (
-            f" ({why})" if why else "")
+        return f"{self.source}: {self.written} written, {self.skipped} skipped" + (f" ({why})" if why else "")
 
 
 def instruction_for(dataset: str, instruction: str | None) -> str:
@@ -105,8 +100,10 @@ def instruction_for(dataset: str, instruction: str | None) -> str:
     try:
         return INSTRUCTIONS[dataset.lower()]
     except KeyError:
-        raise ValueError(f"no built-in instruction for dataset {dataset!r}; pass instruction=... "
-                         f"(known: {', '.join(sorted(INSTRUCTIONS))})") from None
+        raise ValueError(
+            f"no built-in instruction for dataset {dataset!r}; pass instruction=... "
+            f"(known: {', '.join(sorted(INSTRUCTIONS))})"
+        ) from None
 
 
 def _emit(record: Record, where: str, out: list[Record], report: PrepareReport) -> None:
@@ -115,6 +112,7 @@ def _emit(record: Record, where: str, out: list[Record], report: PrepareReport) 
 
 
 # ---------------------------------------------------------------------------------------- BEIR
+
 
 def _read_beir_jsonl(path: Path, fields: tuple[str, ...]) -> Iterator[dict]:
     """Yield the objects of a BEIR JSONL file, failing loudly (file:line) on a bad line.
@@ -142,13 +140,14 @@ def doc_text(title: str, text: str) -> str:
 
 def load_beir_corpus(path: str | os.PathLike) -> dict[str, str]:
     """Map doc id to its document string (see ``doc_text``)."""
-    return {obj["_id"]: doc_text(obj.get("title", ""), obj.get("text", ""))
-            for obj in _read_beir_jsonl(Path(path), ("title", "text"))}
+    return {
+        obj["_id"]: doc_text(obj.get("title", ""), obj.get("text", ""))
+        for obj in _read_beir_jsonl(Path(path), ("title", "text"))
+    }
 
 
 def _load_queries(path: Path) -> dict[str, str]:
-    return {obj["_id"]: obj.get("text", "").strip()
-            for obj in _read_beir_jsonl(path, ("text",))}
+    return {obj["_id"]: obj.get("text", "").strip() for obj in _read_beir_jsonl(path, ("text",))}
 
 
 def _load_qrels(path: Path) -> dict[str, list[tuple[str, float]]]:
@@ -161,14 +160,16 @@ def _load_qrels(path: Path) -> dict[str, list[tuple[str, float]]]:
             try:
                 qid, did, score = row[0], row[1], float(row[2])
             except (IndexError, ValueError):
-                raise RecordError(f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', "
-                                  f"got {row!r}") from None
+                raise RecordError(
+                    f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}"
+                ) from None
             qrels.setdefault(qid, []).append((did, score))
     return qrels
 
 
-def from_beir(dir: str | os.PathLike, split: str, dataset: str,
-              instruction: str | None = None) -> tuple[list[Record], PrepareReport]:
+def from_beir(
+    dir: str | os.PathLike, split: str, dataset: str, instruction: str | None = None
+) -> tuple[list[Record], PrepareReport]:
     """Retrieval records from a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).
 
     One record per query of the split, in qrels order; positives are the docs with score > 0.
@@ -195,16 +196,25 @@ def from_beir(dir: str | os.PathLike, split: str, dataset: str,
         elif any(not corpus[did] for did in pos_ids):
             report.skip("empty document")
         else:
-            record = Record(queries[qid], [corpus[d] for d in pos_ids], [], "retrieval", dataset,
-                            instruction, {"query_id": qid, "pos_ids": pos_ids})
+            record = Record(
+                queries[qid],
+                [corpus[d] for d in pos_ids],
+                [],
+                "retrieval",
+                dataset,
+                instruction,
+                {"query_id": qid, "pos_ids": pos_ids},
+            )
             _emit(record, f"{qrels_path} query {qid}", records, report)
     return records, report
 
 
 # ----------------------------------------------------------------------------------------- STS
 
-def from_sts(path: str | os.PathLike, dataset: str, instruction: str | None = None,
-             min_score: float = 4.0) -> tuple[list[Record], PrepareReport]:
+
+def from_sts(
+    path: str | os.PathLike, dataset: str, instruction: str | None = None, min_score: float = 4.0
+) -> tuple[list[Record], PrepareReport]:
     """STS-benchmark pairs (tab-separated; score in column 5, sentences in 6-7) as sts records.
 
     Policy: only pairs scored >= ``min_score`` are positives (a 3/5 pair is related, not a
@@ -225,8 +235,10 @@ def from_sts(path: str | os.PathLike, dataset: str, instruction: str | None = No
                 score = float(row[4])
                 s1, s2 = row[5].strip(), row[6].strip()
             except (IndexError, ValueError):
-                raise RecordError(f"{where}: expected genre, filename, year, id, score, "
-                                  f"sentence1, sentence2 (tab-separated)") from None
+                raise RecordError(
+                    f"{where}: expected genre, filename, year, id, score, "
+                    f"sentence1, sentence2 (tab-separated)"
+                ) from None
             if score < min_score:
                 report.skip("below min_score")
             elif not s1 or not s2:
@@ -236,20 +248,23 @@ def from_sts(path: str | os.PathLike, dataset: str, instruction: str | None = No
                 id1, id2 = f"{pair_id}/s1", f"{pair_id}/s2"
                 for query, pos, qid, pid in ((s1, s2, id1, id2), (s2, s1, id2, id1)):
                     extra = {"query_id": qid, "pos_ids": [pid], "pair_id": pair_id, "score": score}
-                    _emit(Record(query, [pos], [], "sts", dataset, instruction, extra), where,
-                          records, report)
+                    _emit(
+                        Record(query, [pos], [], "sts", dataset, instruction, extra), where, records, report
+                    )
     return records, report
 
 
 # ------------------------------------------------------------------------ labels as documents
+
 
 def humanize_label(label: str) -> str:
     """``card_arrival`` -> ``card arrival``: label names read better as documents."""
     return " ".join(label.replace("_", " ").split())
 
 
-def _read_labelled(path: str | os.PathLike, text_field: str,
-                   label_field: str) -> Iterator[tuple[str, str, str]]:
+def _read_labelled(
+    path: str | os.PathLike, text_field: str, label_field: str
+) -> Iterator[tuple[str, str, str]]:
     """Yield (text, label, ``file:line``) from a CSV with a header row."""
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
@@ -263,11 +278,17 @@ def _read_labelled(path: str | os.PathLike, text_field: str,
             yield row[text_field].strip(), row[label_field].strip(), where
 
 
-def from_labelled(path: str | os.PathLike, dataset: str, instruction: str | None = None,
-                  task_type: str = "classification", text_field: str = "text",
-                  label_field: str = "category", label_text: Mapping[str, str] | None = None,
-                  n_neg: int | None = None,
-                  seed: int = 0) -> tuple[list[Record], PrepareReport]:
+def from_labelled(
+    path: str | os.PathLike,
+    dataset: str,
+    instruction: str | None = None,
+    task_type: str = "classification",
+    text_field: str = "text",
+    label_field: str = "category",
+    label_text: Mapping[str, str] | None = None,
+    n_neg: int | None = None,
+    seed: int = 0,
+) -> tuple[list[Record], PrepareReport]:
     """Labelled texts as labels-as-documents records: pos = [its label], neg = the other labels.
 
     With ``n_neg`` each record gets a sample of that many other labels (all of them if fewer),
@@ -276,8 +297,7 @@ def from_labelled(path: str | os.PathLike, dataset: str, instruction: str | None
     default underscores become spaces.
     """
     if task_type not in OWN_NEGATIVE_TASKS:
-        raise ValueError(
-            f"task_type must be one of {sorted(OWN_NEGATIVE_TASKS)}, got {task_type!r}")
+        raise ValueError(f"task_type must be one of {sorted(OWN_NEGATIVE_TASKS)}, got {task_type!r}")
     if n_neg is not None and n_neg < 0:
         raise ValueError(f"n_neg must be >= 0, got {n_neg}")
     instruction = instruction_for(dataset, instruction)
@@ -286,11 +306,11 @@ def from_labelled(path: str | os.PathLike, dataset: str, instruction: str | None
     labels = sorted({label for _, label, _ in rows if label})
     if label_text is not None and (unmapped := [lb for lb in labels if lb not in label_text]):
         raise ValueError(f"label_text has no entry for label(s) {unmapped}")
-    names = {lb: (label_text[lb] if label_text is not None else humanize_label(lb))
-             for lb in labels}
+    names = {lb: (label_text[lb] if label_text is not None else humanize_label(lb)) for lb in labels}
     if len(set(names.values())) < len(names):
-        raise ValueError("two labels map to the same text; a record's positive would also be "
-                         "one of its negatives")
+        raise ValueError(
+            "two labels map to the same text; a record's positive would also be one of its negatives"
+        )
     rng = random.Random(seed)
     records: list[Record] = []
     for text, label, where in rows:
@@ -302,8 +322,6 @@ def from_labelled(path: str | os.PathLike, dataset: str, instruction: str | None
             others = [names[lb] for lb in labels if lb != label]
             if n_neg is not None and n_neg < len(others):
                 others = rng.sample(others, n_neg)
-            record = Record(text, [names[label]], others, task_type, dataset, instruction,
-                            {"label": label})
+            record = Record(text, [names[label]], others, task_type, dataset, instruction, {"label": label})
             _emit(record, where, records, report)
     return records, report
-

@@ -4,6 +4,7 @@ A record is ``{"query": str, "pos": [str, ...], "neg": [str, ...], "task_type": 
 "dataset": str, "instruction": str}`` plus optional ids and mining audit fields. Every problem
 is reported with the file, the 1-based line and the field, so a user can open the file and fix it.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,17 @@ from dataclasses import dataclass, field
 # Task types whose labels are the documents: the query is scored against its own positive and
 # negatives only (the seed: "applying contrastive loss only to their specific negatives").
 OWN_NEGATIVE_TASKS = frozenset({"classification", "clustering"})
-TASK_TYPES = frozenset({
-    "retrieval", "sts", "reranking", "pair_classification", "bitext", "summarization",
-    *OWN_NEGATIVE_TASKS,
-})
+TASK_TYPES = frozenset(
+    {
+        "retrieval",
+        "sts",
+        "reranking",
+        "pair_classification",
+        "bitext",
+        "summarization",
+        *OWN_NEGATIVE_TASKS,
+    }
+)
 REQUIRED = ("query", "pos", "neg", "task_type", "dataset", "instruction")
 # Optional fields: when present they must be lists aligned with ``pos`` / ``neg``.
 ALIGNED = {"pos_ids": "pos", "neg_ids": "neg", "neg_scores": "neg", "neg_ranks": "neg"}
@@ -41,8 +49,14 @@ class Record:
         return "own_negatives" if self.task_type in OWN_NEGATIVE_TASKS else "in_batch"
 
     def to_json(self) -> dict:
-        out = {"query": self.query, "pos": self.pos, "neg": self.neg, "task_type": self.task_type,
-               "dataset": self.dataset, "instruction": self.instruction}
+        out = {
+            "query": self.query,
+            "pos": self.pos,
+            "neg": self.neg,
+            "task_type": self.task_type,
+            "dataset": self.dataset,
+            "instruction": self.instruction,
+        }
         out.update(self.extra)
         return out
 
@@ -77,19 +91,27 @@ def check_record(obj, where: str) -> Record:
         if any(not n.strip() for n in obj["neg"]):
             problems.append("field 'neg' holds an empty string")
         if obj["task_type"] not in TASK_TYPES:
-            problems.append(f"field 'task_type' is {obj['task_type']!r}; expected one of "
-                            f"{sorted(TASK_TYPES)}")
+            problems.append(
+                f"field 'task_type' is {obj['task_type']!r}; expected one of {sorted(TASK_TYPES)}"
+            )
         if not obj["dataset"].strip():
             problems.append("field 'dataset' is empty")
     for name, ref in ALIGNED.items():
-        if name in obj and not problems:
-            if not isinstance(obj[name], list) or len(obj[name]) != len(obj[ref]):
-                problems.append(f"field '{name}' must be a list as long as '{ref}'")
+        misaligned = not isinstance(obj.get(name), list) or len(obj[name]) != len(obj[ref])
+        if name in obj and not problems and misaligned:
+            problems.append(f"field '{name}' must be a list as long as '{ref}'")
     if problems:
         raise RecordError(f"{where}: " + "; ".join(problems))
     extra = {k: v for k, v in obj.items() if k not in REQUIRED}
-    return Record(obj["query"], list(obj["pos"]), list(obj["neg"]), obj["task_type"],
-                  obj["dataset"], obj["instruction"], extra)
+    return Record(
+        obj["query"],
+        list(obj["pos"]),
+        list(obj["neg"]),
+        obj["task_type"],
+        obj["dataset"],
+        obj["instruction"],
+        extra,
+    )
 
 
 def iter_jsonl(path: str | os.PathLike):

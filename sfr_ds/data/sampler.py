@@ -6,6 +6,7 @@ comes from one dataset; its order across datasets is a shuffle of all full batch
 datasets in proportion to their size (scaled by optional weights). Tails shorter than a full global
 batch are dropped, never trained as a small batch.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -28,7 +29,7 @@ class GlobalBatch:
 
     def shard(self, rank: int, world: int) -> np.ndarray:
         n = len(self.indices) // world
-        return self.indices[rank * n:(rank + 1) * n]
+        return self.indices[rank * n : (rank + 1) * n]
 
 
 class BatchPlan:
@@ -37,8 +38,15 @@ class BatchPlan:
     ``groups`` maps a dataset name to the indices of its records (in any fixed order).
     """
 
-    def __init__(self, groups: dict[str, list[int]], global_batch_size: int, *, homogeneous: bool,
-                 seed: int, weights: dict[str, float] | None = None):
+    def __init__(
+        self,
+        groups: dict[str, list[int]],
+        global_batch_size: int,
+        *,
+        homogeneous: bool,
+        seed: int,
+        weights: dict[str, float] | None = None,
+    ):
         self.groups = {k: np.asarray(v, dtype=np.int64) for k, v in sorted(groups.items())}
         self.global_batch_size = global_batch_size
         self.homogeneous = homogeneous
@@ -51,13 +59,17 @@ class BatchPlan:
             raise ValueError("data.dataset_weights needs data.homogeneous=true")
         self.batches_per_dataset = {
             name: int(self.weights.get(name, 1.0) * (len(idx) // global_batch_size))
-            for name, idx in self.groups.items()}
+            for name, idx in self.groups.items()
+        }
         total = sum(len(v) for v in self.groups.values())
-        self.steps_per_epoch = (sum(self.batches_per_dataset.values()) if homogeneous
-                                else total // global_batch_size)
+        self.steps_per_epoch = (
+            sum(self.batches_per_dataset.values()) if homogeneous else total // global_batch_size
+        )
         if self.steps_per_epoch == 0:
-            raise ValueError(f"no full global batch of {global_batch_size} queries can be formed "
-                             f"(datasets: { {k: len(v) for k, v in self.groups.items()} })")
+            raise ValueError(
+                f"no full global batch of {global_batch_size} queries can be formed "
+                f"(datasets: { {k: len(v) for k, v in self.groups.items()} })"
+            )
 
     def never_drawn(self) -> dict[str, int]:
         """Datasets too small for one full batch in homogeneous mode: name -> record count."""
@@ -65,14 +77,14 @@ class BatchPlan:
             return {}
         return {k: len(v) for k, v in self.groups.items() if self.batches_per_dataset[k] == 0}
 
-    @lru_cache(maxsize=2)
+    @lru_cache(maxsize=2)  # noqa: B019 (one plan per run, alive as long as the run)
     def _epoch(self, epoch: int) -> list[tuple[str | None, np.ndarray]]:
         G = self.global_batch_size
         if not self.homogeneous:
             rng = np.random.default_rng([self.seed, epoch])
             everything = np.concatenate(list(self.groups.values()))
             perm = everything[rng.permutation(len(everything))]
-            return [(None, perm[i * G:(i + 1) * G]) for i in range(self.steps_per_epoch)]
+            return [(None, perm[i * G : (i + 1) * G]) for i in range(self.steps_per_epoch)]
         batches = []
         for name, idx in self.groups.items():
             rng = np.random.default_rng([self.seed, epoch, _key(name)])
@@ -81,7 +93,7 @@ class BatchPlan:
             order = []
             while len(order) < want:  # weights > 1 take further passes over the dataset
                 perm = idx[rng.permutation(len(idx))]
-                order += [perm[i * G:(i + 1) * G] for i in range(per_pass)]
+                order += [perm[i * G : (i + 1) * G] for i in range(per_pass)]
             batches += [(name, b) for b in order[:want]]
         rng = np.random.default_rng([self.seed, epoch, 0x5EED])
         return [batches[i] for i in rng.permutation(len(batches))]

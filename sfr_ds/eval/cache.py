@@ -8,6 +8,7 @@ appended as one shard (``.npy`` + ``.keys``, renamed into place): a task killed 
 large corpus resumes at its last finished piece, and concurrent Slurm jobs never rewrite each
 other's files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,15 +59,16 @@ class EmbeddingCache:
         tmp.write_text("\n".join(keys))
         os.replace(tmp, stem.with_suffix(".keys"))  # last: a shard counts once its keys exist
 
-    def get_or_encode(self, task: str, split: str, texts: list[str], max_len: int,
-                      encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    def get_or_encode(
+        self, task: str, split: str, texts: list[str], max_len: int, encode: Callable[[list[str]], np.ndarray]
+    ) -> np.ndarray:
         """Embeddings of ``texts`` (already formatted) in order; ``encode`` sees only new texts."""
         rows = self.rows(task, split)
         keys = [text_key(t, max_len) for t in texts]
         text_of = dict(zip(keys, texts))
         missing = sorted(dict.fromkeys(k for k in keys if k not in rows), key=lambda k: -len(text_of[k]))
         for start in range(0, len(missing), self.piece):
-            part = missing[start:start + self.piece]
+            part = missing[start : start + self.piece]
             emb = np.asarray(encode([text_of[k] for k in part]), dtype=np.float32)
             self._write(task, split, part, emb)
             rows.update(zip(part, emb))

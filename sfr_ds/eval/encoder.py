@@ -6,6 +6,7 @@ restores the order. Queries (``prompt_type == query``) and symmetric tasks (``No
 classification, clustering) read ``Instruct: {instruction}\\nQuery: {text}`` through the same
 ``format_query`` as training; documents read their text alone.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,12 +20,24 @@ from .models import LoadedModel
 
 
 class MtebEncoder(AbsEncoder):
-    def __init__(self, model: LoadedModel, name: str, revision: str, cache: EmbeddingCache | None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        model: LoadedModel,
+        name: str,
+        revision: str,
+        cache: EmbeddingCache | None,
+        progress: bool = True,
+    ):
         self.model, self.cache, self.progress = model, cache, progress
-        self.mteb_model_meta = ModelMeta.create_empty(overwrites=dict(
-            name=name, revision=revision, similarity_fn_name=ScoringFunction.COSINE,
-            use_instructions=model.instructions, framework=["PyTorch"]))
+        self.mteb_model_meta = ModelMeta.create_empty(
+            overwrites=dict(
+                name=name,
+                revision=revision,
+                similarity_fn_name=ScoringFunction.COSINE,
+                use_instructions=model.instructions,
+                framework=["PyTorch"],
+            )
+        )
 
     def instruction(self, task_metadata, prompt_type: PromptType | None) -> str:
         """The task's instruction for this side, or '' (documents; models without instructions)."""
@@ -32,8 +45,7 @@ class MtebEncoder(AbsEncoder):
             return ""
         return self.get_instruction(task_metadata, prompt_type)
 
-    def embed(self, texts: list[str], instruction: str, document: bool, task: str,
-              split: str) -> np.ndarray:
+    def embed(self, texts: list[str], instruction: str, document: bool, task: str, split: str) -> np.ndarray:
         """[len(texts), d] float32; read through the cache when there is one."""
         settings = self.model.encoder.settings
         max_len = settings.doc_max_len if document else settings.query_max_len
@@ -46,8 +58,21 @@ class MtebEncoder(AbsEncoder):
             return encode(formatted)
         return self.cache.get_or_encode(task, split, formatted, max_len, encode)
 
-    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
-               prompt_type: PromptType | None = None, **kwargs) -> np.ndarray:
+    def encode(
+        self,
+        inputs,
+        *,
+        task_metadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs,
+    ) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
-        return self.embed(texts, self.instruction(task_metadata, prompt_type),
-                          prompt_type == PromptType.document, task_metadata.name, hf_split)
+        return self.embed(
+            texts,
+            self.instruction(task_metadata, prompt_type),
+            prompt_type == PromptType.document,
+            task_metadata.name,
+            hf_split,
+        )

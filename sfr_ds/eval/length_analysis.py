@@ -7,6 +7,7 @@ per length bin. Lengths are whitespace words, so the two models' tokenizers do n
 Embeddings go through the evaluation's cache: models already evaluated on the task are not
 re-encoded.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,8 +33,9 @@ class Pair:
         return self.rank_a - self.rank_b
 
 
-def gold_ranks(queries: np.ndarray, docs: np.ndarray, pairs: list[tuple[int, int]],
-               chunk: int = 256) -> np.ndarray:
+def gold_ranks(
+    queries: np.ndarray, docs: np.ndarray, pairs: list[tuple[int, int]], chunk: int = 256
+) -> np.ndarray:
     """1-based rank of each (query row, doc row) pair's document among all docs (ties favour it)."""
     ranks = np.empty(len(pairs), dtype=np.int64)
     by_query: dict[int, list[int]] = {}
@@ -41,7 +43,7 @@ def gold_ranks(queries: np.ndarray, docs: np.ndarray, pairs: list[tuple[int, int
         by_query.setdefault(qi, []).append(n)
     rows = sorted(by_query)
     for start in range(0, len(rows), chunk):
-        block = rows[start:start + chunk]
+        block = rows[start : start + chunk]
         scores = queries[block] @ docs.T  # [chunk, n_docs]
         for r, qi in enumerate(block):
             for n in by_query[qi]:
@@ -49,8 +51,9 @@ def gold_ranks(queries: np.ndarray, docs: np.ndarray, pairs: list[tuple[int, int
     return ranks
 
 
-def _embed(spec: ModelSpec, task, queries: list[str], docs: list[str], cache_dir: str | None,
-           split: str) -> tuple[np.ndarray, np.ndarray]:
+def _embed(
+    spec: ModelSpec, task, queries: list[str], docs: list[str], cache_dir: str | None, split: str
+) -> tuple[np.ndarray, np.ndarray]:
     from mteb.types import PromptType
 
     from .encoder import MtebEncoder
@@ -58,18 +61,22 @@ def _embed(spec: ModelSpec, task, queries: list[str], docs: list[str], cache_dir
     from .runner import embedding_cache
 
     spec = spec.normalized()
-    encoder = MtebEncoder(load_model(spec), f"sfr-ds/{label(spec)}", fingerprint(spec),
-                          embedding_cache(spec, cache_dir))
+    encoder = MtebEncoder(
+        load_model(spec), f"sfr-ds/{label(spec)}", fingerprint(spec), embedding_cache(spec, cache_dir)
+    )
     name = task.metadata.name
     instruction = encoder.instruction(task.metadata, PromptType.query)
-    return (encoder.embed(queries, instruction, False, name, split),
-            encoder.embed(docs, "", True, name, split))
+    return (
+        encoder.embed(queries, instruction, False, name, split),
+        encoder.embed(docs, "", True, name, split),
+    )
 
 
-def analyse(spec_a: ModelSpec, spec_b: ModelSpec, task_spec: str, out: Path,
-            cache_dir: str | None = None) -> tuple[Path, Path]:
+def analyse(
+    spec_a: ModelSpec, spec_b: ModelSpec, task_spec: str, out: Path, cache_dir: str | None = None
+) -> tuple[Path, Path]:
     """Write ``lengths.csv`` and ``lengths.png`` under ``out``; returns their paths."""
-    from .tasks import parse_local, local_task
+    from .tasks import local_task, parse_local
 
     local = parse_local(task_spec)
     if local is None or local.kind != "retrieval":
@@ -80,12 +87,27 @@ def analyse(spec_a: ModelSpec, spec_b: ModelSpec, task_spec: str, out: Path,
     doc_ids, doc_texts = data["corpus"]["id"], data["corpus"]["text"]
     query_ids, query_texts = data["queries"]["id"], data["queries"]["text"]
     doc_row = {d: i for i, d in enumerate(doc_ids)}
-    pairs = [(qi, doc_row[d]) for qi, q in enumerate(query_ids)
-             for d, rel in data["relevant_docs"][q].items() if rel > 0 and d in doc_row]
-    ranks = [gold_ranks(*_embed(spec, task, query_texts, doc_texts, cache_dir, local.split), pairs)
-             for spec in (spec_a, spec_b)]
-    rows = [Pair(query_ids[qi], doc_ids[di], len(query_texts[qi].split()), len(doc_texts[di].split()),
-                 int(ra), int(rb)) for (qi, di), ra, rb in zip(pairs, *ranks)]
+    pairs = [
+        (qi, doc_row[d])
+        for qi, q in enumerate(query_ids)
+        for d, rel in data["relevant_docs"][q].items()
+        if rel > 0 and d in doc_row
+    ]
+    ranks = [
+        gold_ranks(*_embed(spec, task, query_texts, doc_texts, cache_dir, local.split), pairs)
+        for spec in (spec_a, spec_b)
+    ]
+    rows = [
+        Pair(
+            query_ids[qi],
+            doc_ids[di],
+            len(query_texts[qi].split()),
+            len(doc_texts[di].split()),
+            int(ra),
+            int(rb),
+        )
+        for (qi, di), ra, rb in zip(pairs, *ranks)
+    ]
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / "lengths.csv", out / "lengths.png"
     write_csv(rows, csv_path)
@@ -97,8 +119,9 @@ def write_csv(rows: list[Pair], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["query_id", "doc_id", "query_words", "doc_words", "rank_a", "rank_b", "rank_a_minus_b"])
-        w.writerows([r.query_id, r.doc_id, r.query_words, r.doc_words, r.rank_a, r.rank_b, r.diff]
-                    for r in rows)
+        w.writerows(
+            [r.query_id, r.doc_id, r.query_words, r.doc_words, r.rank_a, r.rank_b, r.diff] for r in rows
+        )
 
 
 def binned_means(x: np.ndarray, y: np.ndarray, bins: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +141,10 @@ def plot(rows: list[Pair], name_a: str, name_b: str, task: str, path: Path) -> N
 
     diff = np.array([r.diff for r in rows], dtype=float)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, xs, what in ((axes[0], [r.query_words for r in rows], "query"),
-                         (axes[1], [r.doc_words for r in rows], "gold document")):
+    for ax, xs, what in (
+        (axes[0], [r.query_words for r in rows], "query"),
+        (axes[1], [r.doc_words for r in rows], "gold document"),
+    ):
         x = np.array(xs, dtype=float)
         ax.scatter(x, diff, s=10, alpha=0.45, color="tab:blue", label="(query, gold doc) pair")
         cx, my = binned_means(x, diff)
@@ -131,8 +156,10 @@ def plot(rows: list[Pair], name_a: str, name_b: str, task: str, path: Path) -> N
     axes[0].set_ylabel(f"rank(gold | {name_a}) − rank(gold | {name_b})")
     axes[0].legend(loc="lower left", fontsize=8)
     wins = float((diff > 0).mean()) * 100
-    fig.suptitle(f"{task}: {len(rows)} pairs; above 0 = {name_b} ranks the gold document higher "
-                 f"({wins:.0f}% of pairs), below 0 = {name_a} does")
+    fig.suptitle(
+        f"{task}: {len(rows)} pairs; above 0 = {name_b} ranks the gold document higher "
+        f"({wins:.0f}% of pairs), below 0 = {name_a} does"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

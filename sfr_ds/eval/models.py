@@ -11,6 +11,7 @@ Instruction policy (``ModelSpec.instructions``; ``None`` means the model kind's 
 - HF encoders (BERT-like, e.g. all-MiniLM-L6-v2): no instruction anywhere; their published scores
   use none. Pooling comes from the sentence-transformers config when the folder has one, else mean.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,10 +43,10 @@ class ModelSpec:
         return {k: v for k, v in self.to_json().items() if k != "batch_size"}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ModelSpec":
+    def from_json(cls, data: dict[str, Any]) -> ModelSpec:
         return cls(**data)
 
-    def normalized(self) -> "ModelSpec":
+    def normalized(self) -> ModelSpec:
         """Local paths made absolute, so a Slurm job started elsewhere finds the same model."""
         path = Path(self.source).expanduser()
         if path.exists():
@@ -80,8 +81,12 @@ def _weight_files(spec: ModelSpec) -> list[Path]:
     if meta_file.exists() and (base := json.loads(meta_file.read_text()).get("base_model_dir")):
         roots.append((roots[0] / base).resolve())
     skip = {"checkpoints", "eval", "tensorboard"}
-    return sorted(f for root in roots for f in root.rglob("*")
-                  if f.is_file() and not skip.intersection(f.relative_to(root).parts))
+    return sorted(
+        f
+        for root in roots
+        for f in root.rglob("*")
+        if f.is_file() and not skip.intersection(f.relative_to(root).parts)
+    )
 
 
 def fingerprint(spec: ModelSpec) -> str:
@@ -108,8 +113,11 @@ def _st_config(path: Path) -> tuple[str | None, int | None]:
     pooling = max_len = None
     if pooling_cfg.exists():
         cfg = json.loads(pooling_cfg.read_text())
-        modes = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
-                 "pooling_mode_lasttoken": "last"}
+        modes = {
+            "pooling_mode_mean_tokens": "mean",
+            "pooling_mode_cls_token": "cls",
+            "pooling_mode_lasttoken": "last",
+        }
         pooling = next((name for key, name in modes.items() if cfg.get(key)), None)
     if st_cfg.exists():
         max_len = json.loads(st_cfg.read_text()).get("max_seq_length")
@@ -142,8 +150,10 @@ def load_model(spec: ModelSpec, device: str | None = None) -> LoadedModel:
         encoder = TextEncoder.from_run(spec.source, batch_size=spec.batch_size, device=device, dtype=dtype)
         instructions, st_max = True, None
         if spec.pooling and spec.pooling != encoder.embedder.pooling:
-            raise ValueError(f"{spec.source} was trained with {encoder.embedder.pooling} pooling; "
-                             f"--pooling {spec.pooling} would not evaluate the trained model")
+            raise ValueError(
+                f"{spec.source} was trained with {encoder.embedder.pooling} pooling; "
+                f"--pooling {spec.pooling} would not evaluate the trained model"
+            )
     else:
         path = resolve_model_path(spec.source)
         meta_file = Path(path) / META  # a folder merged by sfr-ds keeps its pooling
@@ -152,17 +162,27 @@ def load_model(spec: ModelSpec, device: str | None = None) -> LoadedModel:
         encoder_like = _is_encoder(path)
         pooling = spec.pooling or own.get("pooling") or st_pooling or ("mean" if encoder_like else "last")
         instructions = not encoder_like
-        cfg = ModelConfig(name_or_path=spec.source, pooling=pooling, dtype=dtype,
-                          normalize=own.get("normalize", True), append_eos=own.get("append_eos"))
+        cfg = ModelConfig(
+            name_or_path=spec.source,
+            pooling=pooling,
+            dtype=dtype,
+            normalize=own.get("normalize", True),
+            append_eos=own.get("append_eos"),
+        )
         encoder = TextEncoder.from_model_config(cfg, batch_size=spec.batch_size, device=device)
     limit = _max_positions(encoder)
     encoder.settings.query_max_len = min(spec.query_max_len or st_max or DEFAULT_MAX_LEN, limit)
     encoder.settings.doc_max_len = min(spec.doc_max_len or st_max or DEFAULT_MAX_LEN, limit)
     if spec.instructions is not None:
         instructions = spec.instructions
-    settings = {"kind": kind(spec.source), "pooling": encoder.embedder.pooling, "dtype": dtype,
-                "instructions": instructions, "device": str(encoder.device),
-                "append_eos": encoder.settings.append_eos,
-                "query_max_len": encoder.settings.query_max_len,
-                "doc_max_len": encoder.settings.doc_max_len}
+    settings = {
+        "kind": kind(spec.source),
+        "pooling": encoder.embedder.pooling,
+        "dtype": dtype,
+        "instructions": instructions,
+        "device": str(encoder.device),
+        "append_eos": encoder.settings.append_eos,
+        "query_max_len": encoder.settings.query_max_len,
+        "doc_max_len": encoder.settings.doc_max_len,
+    }
     return LoadedModel(encoder, instructions, settings)

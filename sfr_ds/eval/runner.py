@@ -6,6 +6,7 @@ says whether a task is submitted, running, done or failed (with the error). A lo
 Slurm array element run the same ``run_tasks``, so the two paths cannot drift apart. Only
 ``run_tasks`` imports torch or mteb: reading a folder's state stays light for a login node.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,19 +61,30 @@ class Manifest:
         return names.index(name)
 
     def save(self, out: Path) -> None:
-        data = {"model": self.model.to_json(), "label": self.label, "revision": self.revision,
-                "cache_dir": self.cache_dir, "tasks": [t.to_json() for t in self.tasks],
-                "elements": self.elements}
+        data = {
+            "model": self.model.to_json(),
+            "label": self.label,
+            "revision": self.revision,
+            "cache_dir": self.cache_dir,
+            "tasks": [t.to_json() for t in self.tasks],
+            "elements": self.elements,
+        }
         _write_json(out / MANIFEST, data)
 
     @classmethod
-    def load(cls, out: Path) -> "Manifest":
+    def load(cls, out: Path) -> Manifest:
         path = out / MANIFEST
         if not path.exists():
             raise FileNotFoundError(f"{out} is not an sfr-ds evaluation folder (no {MANIFEST})")
         data = json.loads(path.read_text())
-        return cls(ModelSpec.from_json(data["model"]), data["label"], data["revision"],
-                   [TaskEntry(**t) for t in data["tasks"]], data["cache_dir"], data["elements"])
+        return cls(
+            ModelSpec.from_json(data["model"]),
+            data["label"],
+            data["revision"],
+            [TaskEntry(**t) for t in data["tasks"]],
+            data["cache_dir"],
+            data["elements"],
+        )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -89,13 +101,16 @@ def prepare(out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str
     names = [e.name for e in entries]
     if dups := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"two specs name the same task {dups}; give one a different ?name=")
-    manifest = Manifest(spec, label(spec), fingerprint(spec), [],
-                        str(Path(cache_dir or default_cache_dir()).resolve()))
+    manifest = Manifest(
+        spec, label(spec), fingerprint(spec), [], str(Path(cache_dir or default_cache_dir()).resolve())
+    )
     if (out / MANIFEST).exists():
         old = Manifest.load(out)
         if old.model.identity() != spec.identity():
-            raise ValueError(f"{out} holds an evaluation of {old.model.source} with other settings "
-                             f"({old.model}); choose another --output-dir")
+            raise ValueError(
+                f"{out} holds an evaluation of {old.model.source} with other settings "
+                f"({old.model}); choose another --output-dir"
+            )
         manifest.tasks, manifest.elements = old.tasks, old.elements
     known = {t.name: i for i, t in enumerate(manifest.tasks)}
     for entry in entries:
@@ -109,10 +124,12 @@ def prepare(out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str
 
 # ----------------------------------------------------------------------------- task state
 
+
 def write_status(out: Path, task: str, state: str, **extra: Any) -> None:
-    _write_json(out / "status" / f"{task}.json",
-                {"state": state, "time": time.time(), "host": socket.gethostname(),
-                 "pid": os.getpid(), **extra})
+    _write_json(
+        out / "status" / f"{task}.json",
+        {"state": state, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **extra},
+    )
 
 
 def read_status(out: Path, task: str) -> dict[str, Any] | None:
@@ -135,8 +152,10 @@ def is_done(out: Path, manifest: Manifest, task: str) -> bool:
 
 # ----------------------------------------------------------------------------- running
 
-def run_tasks(out: Path, indices: list[int] | None = None, job: str | None = None,
-              progress: bool = True) -> list[str]:
+
+def run_tasks(
+    out: Path, indices: list[int] | None = None, job: str | None = None, progress: bool = True
+) -> list[str]:
     """Evaluate the manifest's tasks (all, or ``indices``); finished tasks are skipped without
     loading the model. Returns the names of the tasks that failed; each failure is recorded."""
     manifest = Manifest.load(out)
@@ -153,8 +172,10 @@ def run_tasks(out: Path, indices: list[int] | None = None, job: str | None = Non
         write_status(out, entry.name, "running", job=job)
     try:
         if fingerprint(manifest.model) != manifest.revision:
-            raise RuntimeError(f"{manifest.model.source} changed since {out / MANIFEST} was written; "
-                               "run `sfr-ds eval` again to evaluate the new weights")
+            raise RuntimeError(
+                f"{manifest.model.source} changed since {out / MANIFEST} was written; "
+                "run `sfr-ds eval` again to evaluate the new weights"
+            )
         encoder = _encoder(manifest, out, progress)
     except Exception as e:  # recorded for every task, so status names the cause
         for entry in todo:
@@ -169,10 +190,15 @@ def run_tasks(out: Path, indices: list[int] | None = None, job: str | None = Non
     for entry in todo:
         start = time.time()
         try:
-            mteb.evaluate(encoder, [_task(entry)], cache=mteb.ResultCache(out), co2_tracker=False,
-                          overwrite_strategy="only-missing", show_progress_bar=False,
-                          encode_kwargs={"batch_size": manifest.model.batch_size,
-                                         "show_progress_bar": progress})
+            mteb.evaluate(
+                encoder,
+                [_task(entry)],
+                cache=mteb.ResultCache(out),
+                co2_tracker=False,
+                overwrite_strategy="only-missing",
+                show_progress_bar=False,
+                encode_kwargs={"batch_size": manifest.model.batch_size, "show_progress_bar": progress},
+            )
             score = main_score(manifest.result_path(out, entry.name))
             write_status(out, entry.name, "done", job=job, score=score, seconds=time.time() - start)
             print(f"[sfr-ds eval] {entry.name}: {score:.4f} ({time.time() - start:.0f} s)", flush=True)
@@ -183,8 +209,14 @@ def run_tasks(out: Path, indices: list[int] | None = None, job: str | None = Non
 
 
 def _failed(out: Path, task: str, job: str | None, error: Exception) -> None:
-    write_status(out, task, "failed", job=job, error=f"{type(error).__name__}: {error}",
-                 traceback=traceback.format_exc())
+    write_status(
+        out,
+        task,
+        "failed",
+        job=job,
+        error=f"{type(error).__name__}: {error}",
+        traceback=traceback.format_exc(),
+    )
     print(f"[sfr-ds eval] {task}: FAILED: {type(error).__name__}: {error}", flush=True)
     traceback.print_exc()
 

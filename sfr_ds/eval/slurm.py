@@ -8,6 +8,7 @@ without accounting lack. State comes from the files each element writes
 started or are running. A task whose element died without a word (time limit, OOM, node failure)
 shows as failed once squeue no longer lists it. Nothing here imports torch or mteb.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,9 @@ def write_script(out: Path, manifest: Manifest) -> Path:
     return path
 
 
-def submit(out: Path, groups: list[list[int]], sbatch_args: list[str] = (),
-           max_parallel: int | None = None) -> str:
+def submit(
+    out: Path, groups: list[list[int]], sbatch_args: list[str] = (), max_parallel: int | None = None
+) -> str:
     """Append one array element per group of task indices and submit them; returns the job id."""
     out = out.resolve()
     manifest = Manifest.load(out)
@@ -74,16 +76,26 @@ def submit(out: Path, groups: list[list[int]], sbatch_args: list[str] = (),
         for index in group:
             write_status(out, manifest.tasks[index].name, "submitted", job=f"{job_id}_{first + i}")
     with open(out / "slurm" / "submissions.jsonl", "a") as f:
-        f.write(json.dumps({"job_id": job_id, "elements": list(range(first, first + len(groups))),
-                            "sbatch_args": list(sbatch_args), "time": time.time()}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "job_id": job_id,
+                    "elements": list(range(first, first + len(groups))),
+                    "sbatch_args": list(sbatch_args),
+                    "time": time.time(),
+                }
+            )
+            + "\n"
+        )
     return job_id
 
 
 def chunk(indices: list[int], per_job: int) -> list[list[int]]:
-    return [indices[i:i + per_job] for i in range(0, len(indices), per_job)]
+    return [indices[i : i + per_job] for i in range(0, len(indices), per_job)]
 
 
 # ----------------------------------------------------------------------------- state
+
 
 @dataclass
 class TaskState:
@@ -128,11 +140,16 @@ def task_states(out: Path) -> list[TaskState]:
     return [_state(out, manifest, t.name, read_status(out, t.name), queued) for t in manifest.tasks]
 
 
-def _state(out: Path, manifest: Manifest, name: str, status: dict | None,
-           queued: dict[str, str]) -> TaskState:
+def _state(
+    out: Path, manifest: Manifest, name: str, status: dict | None, queued: dict[str, str]
+) -> TaskState:
     if is_done(out, manifest, name):
-        return TaskState(name, "done", status and status.get("job"), f"{status['score']:.4f}"
-                         if status and "score" in status else "")
+        return TaskState(
+            name,
+            "done",
+            status and status.get("job"),
+            f"{status['score']:.4f}" if status and "score" in status else "",
+        )
     if status is None or status["state"] == "done":  # done: for weights since replaced
         return TaskState(name, "not run")
     job = status.get("job")
@@ -147,8 +164,7 @@ def _state(out: Path, manifest: Manifest, name: str, status: dict | None,
 
 
 def status_table(states: list[TaskState]) -> str:
-    rows = [("TASK", "STATE", "JOB", "DETAIL")] + [(s.name, s.state, s.job or "-", s.detail)
-                                                   for s in states]
+    rows = [("TASK", "STATE", "JOB", "DETAIL")] + [(s.name, s.state, s.job or "-", s.detail) for s in states]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows)
 
@@ -173,8 +189,9 @@ def resubmit_groups(out: Path, names: list[str] | None) -> list[list[int]]:
         names = [n for n, s in states.items() if s.state in ("failed", "not run")]
     busy = [n for n in names if states[n].state in ("pending", "running")]
     if busy:
-        raise SlurmError(f"still {', '.join(f'{n} ({states[n].state})' for n in busy)}: "
-                         f"scancel first, or wait")
+        raise SlurmError(
+            f"still {', '.join(f'{n} ({states[n].state})' for n in busy)}: scancel first, or wait"
+        )
     return [[manifest.index(n)] for n in names]
 
 

@@ -9,6 +9,7 @@ The ``mini`` suite is the same report on the small held-out subsets bundled with
 (``sfr_ds/resources/data/eval``, see its PROVENANCE.md): no data root needed, minutes on a CPU; the
 demo and the ablations use it.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import Manifest, main_score, is_done
+from .runner import Manifest, is_done, main_score
 
 SUITES: dict[str, dict[str, list[str]]] = {
     "dev": {
@@ -41,8 +42,9 @@ def suite_specs(name: str, data_root: str | None) -> list[tuple[str, str]]:
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; known: {sorted(SUITES)}")
     if not any("{data}" in spec for specs in SUITES[name].values() for spec in specs):
-        return [(group, spec.format(bundled=BUNDLED)) for group, specs in SUITES[name].items()
-                for spec in specs]
+        return [
+            (group, spec.format(bundled=BUNDLED)) for group, specs in SUITES[name].items() for spec in specs
+        ]
     root = data_root or os.environ.get("SFR_DS_DATA")
     if not root:
         raise ValueError(f"suite {name!r} reads local data: pass --data-root DIR or set SFR_DS_DATA")
@@ -83,17 +85,21 @@ def _fmt(x: float | None, signed: bool = False) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def table(rows: list[str], columns: list[str], values: list[dict[str, float | None]],
-          first: str) -> str:
+def table(rows: list[str], columns: list[str], values: list[dict[str, float | None]], first: str) -> str:
     """Markdown: one row per name, one column per model, then Δ of each model against the first."""
     deltas = [f"Δ {c}" for c in columns[1:]]
-    lines = [f"| {first} | " + " | ".join(columns + deltas) + " |",
-             "|" + "---|" * (1 + len(columns) + len(deltas))]
+    lines = [
+        f"| {first} | " + " | ".join(columns + deltas) + " |",
+        "|" + "---|" * (1 + len(columns) + len(deltas)),
+    ]
     for row in rows:
         cells = [v.get(row) for v in values]
         diffs = [None if c is None or cells[0] is None else c - cells[0] for c in cells[1:]]
-        lines.append(f"| {row} | " + " | ".join([_fmt(c) for c in cells]
-                                                + [_fmt(d, signed=True) for d in diffs]) + " |")
+        lines.append(
+            f"| {row} | "
+            + " | ".join([_fmt(c) for c in cells] + [_fmt(d, signed=True) for d in diffs])
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -107,8 +113,11 @@ def compare(scores: list[Scores]) -> str:
     groups = _unique([g for s in scores for g in s.groups])
     group_values = [{**s.groups, AVG: s.avg} for s in scores]
     tasks = _unique([t for s in scores for t in s.tasks] + [t for s in scores for t in s.missing])
-    text = [table(groups + [AVG], columns, group_values, "Metric"), "",
-            table(tasks, columns, [s.tasks for s in scores], "Task")]
+    text = [
+        table(groups + [AVG], columns, group_values, "Metric"),
+        "",
+        table(tasks, columns, [s.tasks for s in scores], "Task"),
+    ]
     for s, column in zip(scores, columns):
         if s.missing:
             text += ["", f"{column}: no result yet for {', '.join(s.missing)}"]
@@ -130,7 +139,16 @@ def write_summary(out: Path) -> Scores:
         settings = json.loads(settings_file.read_text())
         header += ["Model: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
     (out / "summary.md").write_text("\n".join(header) + compare([scores]))
-    (out / "summary.json").write_text(json.dumps(
-        {"label": scores.label, "tasks": scores.tasks, "groups": scores.groups, AVG: scores.avg,
-         "missing": scores.missing}, indent=2))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "label": scores.label,
+                "tasks": scores.tasks,
+                "groups": scores.groups,
+                AVG: scores.avg,
+                "missing": scores.missing,
+            },
+            indent=2,
+        )
+    )
     return scores

@@ -27,6 +27,7 @@ A local copy of a known MTEB task (``retrieval:.../scifact`` is ``SciFact``) sub
 task itself: same name, instruction, main score and evaluator settings, only the data is local, so
 its score is comparable with published ones. Other local data get a generic task of its kind.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,16 +37,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-KINDS = {"retrieval": "Retrieval", "reranking": "Reranking", "sts": "STS",
-         "classification": "Classification", "clustering": "Clustering"}
-MAIN_SCORES = {"retrieval": "ndcg_at_10", "reranking": "map_at_1000", "sts": "cosine_spearman",
-               "classification": "accuracy", "clustering": "v_measure"}
+KINDS = {
+    "retrieval": "Retrieval",
+    "reranking": "Reranking",
+    "sts": "STS",
+    "classification": "Classification",
+    "clustering": "Clustering",
+}
+MAIN_SCORES = {
+    "retrieval": "ndcg_at_10",
+    "reranking": "map_at_1000",
+    "sts": "cosine_spearman",
+    "classification": "accuracy",
+    "clustering": "v_measure",
+}
 # Local folders that hold the data of an MTEB task (or, for clustering/reranking, a task named
 # in the same style): (kind, folder name) -> task name.
-KNOWN = {("retrieval", "scifact"): "SciFact", ("sts", "stsbenchmark"): "STSBenchmark",
-         ("classification", "banking77"): "Banking77Classification",
-         ("clustering", "banking77"): "Banking77Clustering",
-         ("reranking", "wikiqa"): "WikiQAReranking"}
+KNOWN = {
+    ("retrieval", "scifact"): "SciFact",
+    ("sts", "stsbenchmark"): "STSBenchmark",
+    ("classification", "banking77"): "Banking77Classification",
+    ("clustering", "banking77"): "Banking77Clustering",
+    ("reranking", "wikiqa"): "WikiQAReranking",
+}
 OPTIONS = {"name", "split", "text", "label", "train", "instruction"}
 
 
@@ -123,13 +137,17 @@ def describe(spec: str, group: str | None = None) -> list[TaskEntry]:
         try:
             tasks = [mteb.get_task(spec)]
         except KeyError:
-            raise TaskSpecError(f"{spec!r} is neither an MTEB task nor KIND:PATH with KIND in "
-                                f"{sorted(KINDS)} (benchmarks: benchmark:NAME)") from None
-    return [TaskEntry(t.metadata.name, t.metadata.name, t.metadata.type, group or t.metadata.type)
-            for t in tasks]
+            raise TaskSpecError(
+                f"{spec!r} is neither an MTEB task nor KIND:PATH with KIND in "
+                f"{sorted(KINDS)} (benchmarks: benchmark:NAME)"
+            ) from None
+    return [
+        TaskEntry(t.metadata.name, t.metadata.name, t.metadata.type, group or t.metadata.type) for t in tasks
+    ]
 
 
 # ------------------------------------------------------------------------------- readers
+
 
 def _beir(local: LocalSpec) -> dict:
     from datasets import Dataset
@@ -142,10 +160,13 @@ def _beir(local: LocalSpec) -> dict:
     qrels = _load_qrels(local.path / "qrels" / f"{local.split}.tsv")
     relevant = {q: {d: int(s) for d, s in judged} for q, judged in qrels.items() if q in queries}
     split = RetrievalSplitData(
-        corpus=Dataset.from_dict({"id": list(corpus), "title": [""] * len(corpus),
-                                  "text": list(corpus.values())}),
+        corpus=Dataset.from_dict(
+            {"id": list(corpus), "title": [""] * len(corpus), "text": list(corpus.values())}
+        ),
         queries=Dataset.from_dict({"id": list(relevant), "text": [queries[q] for q in relevant]}),
-        relevant_docs=relevant, top_ranked=None)
+        relevant_docs=relevant,
+        top_ranked=None,
+    )
     return {"default": {local.split: split}}
 
 
@@ -189,7 +210,9 @@ def _reranking(local: LocalSpec) -> dict:
     split = RetrievalSplitData(
         corpus=Dataset.from_dict({"id": ids, "title": [""] * len(ids), "text": texts}),
         queries=Dataset.from_dict({"id": list(queries), "text": list(queries.values())}),
-        relevant_docs=relevant, top_ranked=top)
+        relevant_docs=relevant,
+        top_ranked=top,
+    )
     return {"default": {local.split: split}}
 
 
@@ -207,8 +230,10 @@ def _sts(local: LocalSpec):
                 try:
                     triples.append((row[5], row[6], float(row[4])))
                 except (IndexError, ValueError):
-                    raise TaskSpecError(f"{local.path}:{lineno}: expected genre, file, year, id, "
-                                        "score, sentence1, sentence2 (tab-separated)") from None
+                    raise TaskSpecError(
+                        f"{local.path}:{lineno}: expected genre, file, year, id, "
+                        "score, sentence1, sentence2 (tab-separated)"
+                    ) from None
     for s1, s2, score in triples:
         rows["sentence1"].append(s1.strip())
         rows["sentence2"].append(s2.strip())
@@ -222,9 +247,12 @@ def _labelled(local: LocalSpec, split: str) -> tuple[list[str], list[str]]:
 
     path = local.path
     if path.is_dir():
-        path = path / (local.options["train"] if split == "train" and "train" in local.options
-                       else f"{split}.csv")
-    rows = list(_read_labelled(path, local.options.get("text", "text"), local.options.get("label", "category")))
+        path = path / (
+            local.options["train"] if split == "train" and "train" in local.options else f"{split}.csv"
+        )
+    rows = list(
+        _read_labelled(path, local.options.get("text", "text"), local.options.get("label", "category"))
+    )
     return [text for text, _, _ in rows], [label for _, label, _ in rows]
 
 
@@ -233,8 +261,12 @@ def _classification(local: LocalSpec):
 
     parts = {"train": _labelled(local, "train"), local.split: _labelled(local, local.split)}
     ids = {label: i for i, label in enumerate(sorted({lb for _, labels in parts.values() for lb in labels}))}
-    return DatasetDict({split: Dataset.from_dict({"text": texts, "label": [ids[lb] for lb in labels]})
-                        for split, (texts, labels) in parts.items()})
+    return DatasetDict(
+        {
+            split: Dataset.from_dict({"text": texts, "label": [ids[lb] for lb in labels]})
+            for split, (texts, labels) in parts.items()
+        }
+    )
 
 
 def _clustering(local: LocalSpec):
@@ -244,11 +276,17 @@ def _clustering(local: LocalSpec):
     return DatasetDict({local.split: Dataset.from_dict({"sentences": texts, "labels": labels})})
 
 
-LOADERS = {"retrieval": _beir, "reranking": _reranking, "sts": _sts,
-           "classification": _classification, "clustering": _clustering}
+LOADERS = {
+    "retrieval": _beir,
+    "reranking": _reranking,
+    "sts": _sts,
+    "classification": _classification,
+    "clustering": _clustering,
+}
 
 
 # ------------------------------------------------------------------------------- tasks
+
 
 class _LocalData:
     """Mixed in before an mteb task class: data from local files instead of the hub."""
@@ -270,11 +308,15 @@ class _LocalData:
 
 
 def _abstract_base(kind: str) -> type:
-    from mteb.abstasks import (AbsTaskClassification, AbsTaskClustering, AbsTaskRetrieval,
-                               AbsTaskSTS)
+    from mteb.abstasks import AbsTaskClassification, AbsTaskClustering, AbsTaskRetrieval, AbsTaskSTS
 
-    return {"retrieval": AbsTaskRetrieval, "reranking": AbsTaskRetrieval, "sts": AbsTaskSTS,
-            "classification": AbsTaskClassification, "clustering": AbsTaskClustering}[kind]
+    return {
+        "retrieval": AbsTaskRetrieval,
+        "reranking": AbsTaskRetrieval,
+        "sts": AbsTaskSTS,
+        "classification": AbsTaskClassification,
+        "clustering": AbsTaskClustering,
+    }[kind]
 
 
 def _prompt(kind: str, instruction: str | None) -> str | dict[str, str] | None:
@@ -291,12 +333,26 @@ def _generic_metadata(local: LocalSpec):
 
     instruction = local.options.get("instruction") or INSTRUCTIONS.get(local.folder_name)
     return TaskMetadata(
-        name=local.name, type=KINDS[local.kind], main_score=MAIN_SCORES[local.kind],
-        description=f"Local {local.kind} data from {local.path}.", prompt=_prompt(local.kind, instruction),
-        reference=None, dataset={"path": str(local.path), "revision": "local"}, category="t2t",
-        eval_splits=[local.split], eval_langs=["eng-Latn"], date=None, dialect=[], domains=[],
-        task_subtypes=[], license="not specified", annotations_creators="derived",
-        modalities=["text"], sample_creation="found", bibtex_citation="")
+        name=local.name,
+        type=KINDS[local.kind],
+        main_score=MAIN_SCORES[local.kind],
+        description=f"Local {local.kind} data from {local.path}.",
+        prompt=_prompt(local.kind, instruction),
+        reference=None,
+        dataset={"path": str(local.path), "revision": "local"},
+        category="t2t",
+        eval_splits=[local.split],
+        eval_langs=["eng-Latn"],
+        date=None,
+        dialect=[],
+        domains=[],
+        task_subtypes=[],
+        license="not specified",
+        annotations_creators="derived",
+        modalities=["text"],
+        sample_creation="found",
+        bibtex_citation="",
+    )
 
 
 def local_task(local: LocalSpec):
@@ -312,9 +368,13 @@ def local_task(local: LocalSpec):
             known = None
         if known is not None and isinstance(known, abstract) and known.metadata.type == KINDS[local.kind]:
             base = type(known)
-            update = {"name": local.name, "eval_splits": [local.split], "superseded_by": None,
-                      "dataset": {"path": str(local.path), "revision": "local"},
-                      "description": f"{known.metadata.description} Local copy: {local.path}."}
+            update = {
+                "name": local.name,
+                "eval_splits": [local.split],
+                "superseded_by": None,
+                "dataset": {"path": str(local.path), "revision": "local"},
+                "description": f"{known.metadata.description} Local copy: {local.path}.",
+            }
             if "instruction" in local.options:
                 update["prompt"] = _prompt(local.kind, local.options["instruction"])
             metadata = known.metadata.model_copy(update=update)

@@ -1,4 +1,5 @@
 """BM25 teacher (bm25s), returning the same (scores, ids) arrays as the dense search."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ class BM25Teacher:
             raise ValueError(f"k must be >= 1, got {k}")
         k = min(k, self.n_docs)
         parts = [
-            topk_rows(self.scores(query_texts[start:start + QUERY_CHUNK]), k)
+            topk_rows(self.scores(query_texts[start : start + QUERY_CHUNK]), k)
             for start in range(0, len(query_texts), QUERY_CHUNK)
         ]
         if not parts:

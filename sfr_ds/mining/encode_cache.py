@@ -8,6 +8,7 @@ Shards of ``shard_size`` texts are written as ``.npy`` through a temporary file 
 only the shards that are missing. With several ranks the cache folder must be on a file system
 every rank sees (rank 0 reads all shards).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -98,8 +99,10 @@ class ShardedCache:
         for i in range(self.n_shards):
             part = np.load(self.path(i))
             if part.shape[0] != len(self.rows(i)):
-                raise RuntimeError(f"{self.path(i)} holds {part.shape[0]} rows, expected "
-                                   f"{len(self.rows(i))}: delete {self.folder} and re-run")
+                raise RuntimeError(
+                    f"{self.path(i)} holds {part.shape[0]} rows, expected "
+                    f"{len(self.rows(i))}: delete {self.folder} and re-run"
+                )
             parts.append(part)
         return np.concatenate(parts)
 
@@ -122,10 +125,14 @@ def encode_cached(
     if me.is_main:
         _write_key(cache.folder, key)
     missing = dist.broadcast_object(cache.missing() if me.is_main else None)
-    mine = missing[me.rank::me.world]
-    bar = tqdm(total=sum(len(cache.rows(i)) for i in mine), unit="text", position=me.rank,
-               desc=f"encode {kind}" + (f" (rank {me.rank})" if me.world > 1 else ""),
-               disable=not progress or not mine)
+    mine = missing[me.rank :: me.world]
+    bar = tqdm(
+        total=sum(len(cache.rows(i)) for i in mine),
+        unit="text",
+        position=me.rank,
+        desc=f"encode {kind}" + (f" (rank {me.rank})" if me.world > 1 else ""),
+        disable=not progress or not mine,
+    )
     for i in mine:
         rows = cache.rows(i)
         cache.write(i, encode([texts[j] for j in rows]))
@@ -133,8 +140,10 @@ def encode_cached(
     bar.close()
     dist.barrier()
     if me.is_main and (lost := cache.missing()):
-        raise RuntimeError(f"{len(lost)} shard(s) other ranks encoded are not in {cache.folder}: "
-                           "the cache dir must be on a file system every rank shares")
+        raise RuntimeError(
+            f"{len(lost)} shard(s) other ranks encoded are not in {cache.folder}: "
+            "the cache dir must be on a file system every rank shares"
+        )
     return cache, cache.n_shards - len(missing)
 
 

@@ -7,6 +7,7 @@ given. The others are ranked by the teacher against a corpus, either a BEIR ``co
 query only meets documents of its own task); positives are always dropped by identical text too.
 Runs on every rank (dense teachers encode in shards); only rank 0 gets the result and writes it.
 """
+
 from __future__ import annotations
 
 import os
@@ -79,21 +80,31 @@ class MineReport:
 
     def __str__(self) -> str:
         o = self.options
-        lines = [(f"teacher {self.teacher}; window [{o.range_min}, {o.range_max}), k={o.k}, "
-                  f"margin {o.margin}, seed {o.seed}")]
+        lines = [
+            (
+                f"teacher {self.teacher}; window [{o.range_min}, {o.range_max}), k={o.k}, "
+                f"margin {o.margin}, seed {o.seed}"
+            )
+        ]
         for g in self.groups:
             s = g.select
             lines.append(
                 f"{g.name}: {g.n_queries} queries over {g.n_docs:,} docs; recall@{o.recall_at} "
                 f"{g.recall:.4f}; {s.n_short} queries with fewer than {o.k} negatives "
                 f"({s.n_empty} with none); dropped as positive: {s.dropped_as_positive_id} by id, "
-                f"{s.dropped_as_positive_text} by text; dropped by margin: {s.dropped_by_margin}")
+                f"{s.dropped_as_positive_text} by text; dropped by margin: {s.dropped_by_margin}"
+            )
         lines.append(f"{self.n_unchanged} records passed through unchanged")
         return "\n".join(lines)
 
 
-def mine_file(input: str | os.PathLike, corpus: str, teacher: Teacher, out: str | os.PathLike,
-              options: MineOptions = MineOptions()) -> MineReport | None:
+def mine_file(
+    input: str | os.PathLike,
+    corpus: str,
+    teacher: Teacher,
+    out: str | os.PathLike,
+    options: MineOptions = MineOptions(),
+) -> MineReport | None:
     """Read, mine and (on rank 0) write the training JSONL; the report on rank 0, else None."""
     records = read_jsonl(input)
     report = mine_records(records, corpus, teacher, options)
@@ -104,14 +115,20 @@ def mine_file(input: str | os.PathLike, corpus: str, teacher: Teacher, out: str 
     return report
 
 
-def mine_records(records: list[Record], corpus: str, teacher: Teacher,
-                 options: MineOptions = MineOptions()) -> MineReport | None:
+def mine_records(
+    records: list[Record], corpus: str, teacher: Teacher, options: MineOptions = MineOptions()
+) -> MineReport | None:
     """Fill ``neg`` (and ``neg_ids``/``neg_ranks``/``neg_scores``) of the selected records in place."""
-    chosen = [r for r in records if r.task_type not in OWN_NEGATIVE_TASKS
-              and (not options.datasets or r.dataset in options.datasets)]
+    chosen = [
+        r
+        for r in records
+        if r.task_type not in OWN_NEGATIVE_TASKS and (not options.datasets or r.dataset in options.datasets)
+    ]
     if not chosen:
-        raise ValueError("no record to mine: all are labels-as-documents tasks or outside "
-                         f"--dataset {list(options.datasets)}")
+        raise ValueError(
+            "no record to mine: all are labels-as-documents tasks or outside "
+            f"--dataset {list(options.datasets)}"
+        )
     report = MineReport(teacher.name, options, n_unchanged=len(records) - len(chosen))
     for pool in make_pools(chosen, corpus):
         group = _mine_pool(pool, teacher, options)
@@ -130,8 +147,10 @@ def make_pools(records: list[Record], corpus: str) -> list[Pool]:
     by_dataset: dict[str, list[Record]] = {}
     for r in records:
         by_dataset.setdefault(r.dataset, []).append(r)
-    return [Pool(name, group, list(dict.fromkeys(t for r in group for t in (*r.pos, *r.neg))), None)
-            for name, group in by_dataset.items()]
+    return [
+        Pool(name, group, list(dict.fromkeys(t for r in group for t in (*r.pos, *r.neg))), None)
+        for name, group in by_dataset.items()
+    ]
 
 
 def positive_rows(pool: Pool) -> list[set[int]]:
@@ -145,20 +164,23 @@ def positive_rows(pool: Pool) -> list[set[int]]:
         pos_ids = r.extra.get("pos_ids")
         unknown = [p for p in pos_ids or [] if p not in row]
         if pos_ids is None or unknown:
-            problems.append(f"{r.dataset} query {r.extra.get('query_id', r.query[:40])!r}: "
-                            + ("no pos_ids" if pos_ids is None else f"pos_ids {unknown} not in corpus"))
+            problems.append(
+                f"{r.dataset} query {r.extra.get('query_id', r.query[:40])!r}: "
+                + ("no pos_ids" if pos_ids is None else f"pos_ids {unknown} not in corpus")
+            )
         else:
             out.append({row[p] for p in pos_ids})
     if problems:
-        raise ValueError(f"{len(problems)} record(s) cannot be matched to {pool.name} (restrict "
-                         f"with --dataset, or use --corpus {FROM_RECORDS}); first: {problems[0]}")
+        raise ValueError(
+            f"{len(problems)} record(s) cannot be matched to {pool.name} (restrict "
+            f"with --dataset, or use --corpus {FROM_RECORDS}); first: {problems[0]}"
+        )
     return out
 
 
 def recall(ranking: Ranking, positives: Sequence[set[int]], at: int) -> float:
     """Mean over queries of the share of its positives among the teacher's top ``at``."""
-    shares = [len(set(row[:at].tolist()) & pos) / len(pos)
-              for row, pos in zip(ranking.ids, positives)]
+    shares = [len(set(row[:at].tolist()) & pos) / len(pos) for row, pos in zip(ranking.ids, positives)]
     return sum(shares) / len(shares)
 
 
@@ -180,20 +202,31 @@ def without_query_copies(ids: np.ndarray, pool: Pool) -> np.ndarray:
 def _mine_pool(pool: Pool, teacher: Teacher, options: MineOptions) -> GroupReport | None:
     positives = positive_rows(pool)
     depth = max(retrieval_depth(options.range_max, positives), options.recall_at)
-    ranking = teacher.rank([r.query for r in pool.records], [r.instruction for r in pool.records],
-                           pool.texts, positives, depth)
+    ranking = teacher.rank(
+        [r.query for r in pool.records], [r.instruction for r in pool.records], pool.texts, positives, depth
+    )
     if ranking is None:  # not rank 0
         return None
     candidates = without_query_copies(ranking.ids, pool)
     picks, select = select_negatives(
-        candidates, ranking.scores, positives, pool.texts, [r.pos for r in pool.records],
-        options.k, query_keys=[r.extra.get("query_id", r.query) for r in pool.records],
-        range_min=options.range_min, range_max=options.range_max, margin=options.margin,
-        seed=options.seed, positive_scores=ranking.positive_scores)
+        candidates,
+        ranking.scores,
+        positives,
+        pool.texts,
+        [r.pos for r in pool.records],
+        options.k,
+        query_keys=[r.extra.get("query_id", r.query) for r in pool.records],
+        range_min=options.range_min,
+        range_max=options.range_max,
+        margin=options.margin,
+        seed=options.seed,
+        positive_scores=ranking.positive_scores,
+    )
     for record, chosen in zip(pool.records, picks):
         _fill(record, chosen, pool)
-    return GroupReport(pool.name, len(pool.records), len(pool.texts),
-                       recall(ranking, positives, options.recall_at), select)
+    return GroupReport(
+        pool.name, len(pool.records), len(pool.texts), recall(ranking, positives, options.recall_at), select
+    )
 
 
 def _fill(record: Record, chosen: list[dict], pool: Pool) -> None:
@@ -205,4 +238,3 @@ def _fill(record: Record, chosen: list[dict], pool: Pool) -> None:
         record.extra["neg_ids"] = [pool.ids[c["id"]] for c in chosen]
     record.extra["neg_ranks"] = [c["rank"] for c in chosen]
     record.extra["neg_scores"] = [round(float(c["score"]), 6) for c in chosen]
-

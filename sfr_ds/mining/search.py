@@ -5,6 +5,7 @@ returns ties in heap order, so every row is re-sorted by (score desc, id asc), a
 k-th score equals the last score retrieved (a tie that may continue past the cut, hiding a lower
 id) is searched again deeper until the tie ends inside the retrieved list.
 """
+
 from __future__ import annotations
 
 import faiss
@@ -36,7 +37,7 @@ def search(
     if k > max_depth:
         raise ValueError(f"k={k} exceeds faiss-gpu's limit {GPU_MAX_K}; pass use_gpu=False")
     parts = [
-        _topk_exact(index, queries[start:start + query_chunk], k, min(k + 1, max_depth), max_depth)
+        _topk_exact(index, queries[start : start + query_chunk], k, min(k + 1, max_depth), max_depth)
         for start in range(0, len(queries), query_chunk)
     ]
     if not parts:

@@ -4,6 +4,7 @@ The top of a teacher's ranking holds unlabelled positives (false negatives) and 
 easy negatives, so negatives come from a rank window (the SFR seed: 30-100), with positives and,
 optionally, candidates scoring too close to the positive removed, then k drawn per query.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,13 +67,25 @@ def select_negatives(
     The draw uses a Generator seeded by (seed, hash of the query key), so a query's negatives do
     not depend on the order or number of the other queries.
     """
-    _check(ranked_ids, ranked_scores, positives, pos_texts, query_keys, positive_scores, k,
-           range_min, range_max, margin, seed)
+    _check(
+        ranked_ids,
+        ranked_scores,
+        positives,
+        pos_texts,
+        query_keys,
+        positive_scores,
+        k,
+        range_min,
+        range_max,
+        margin,
+        seed,
+    )
     report = SelectReport(n_queries=len(positives))
     selected = []
     for i, key in enumerate(query_keys):
         cand_ids, cand_scores, pos_found = _remove_positives(
-            ranked_ids[i], ranked_scores[i], positives[i], pos_texts[i], doc_texts, report)
+            ranked_ids[i], ranked_scores[i], positives[i], pos_texts[i], doc_texts, report
+        )
         pool = [
             {"id": cand_ids[r], "rank": r, "score": cand_scores[r]}
             for r in range(range_min, min(range_max, len(cand_ids)))
@@ -119,7 +132,9 @@ def _reference(pos_found: list[float], given: float | None) -> float | None:
     return max(known) if known else None
 
 
-def _margin_filter(pool: list[dict], reference: float | None, margin: float, report: SelectReport) -> list[dict]:
+def _margin_filter(
+    pool: list[dict], reference: float | None, margin: float, report: SelectReport
+) -> list[dict]:
     """Drop candidates the teacher scores almost as high as the positive: likely unlabelled positives."""
     if reference is None:
         report.n_margin_skipped += 1
@@ -137,17 +152,34 @@ def _draw(pool: list[dict], k: int, seed: int, key: str | int) -> list[dict]:
     return [pool[j] for j in sorted(picks.tolist())]
 
 
-def _check(ranked_ids, ranked_scores, positives, pos_texts, query_keys, positive_scores, k,
-           range_min, range_max, margin, seed) -> None:
+def _check(
+    ranked_ids,
+    ranked_scores,
+    positives,
+    pos_texts,
+    query_keys,
+    positive_scores,
+    k,
+    range_min,
+    range_max,
+    margin,
+    seed,
+) -> None:
     """Report every bad argument at once, naming it."""
     nq = len(positives)
     problems = []
     if np.ndim(ranked_ids) != 2 or np.shape(ranked_ids) != np.shape(ranked_scores):
-        problems.append(f"ranked_ids {np.shape(ranked_ids)} and ranked_scores {np.shape(ranked_scores)} "
-                        "must be the same [nq, K] shape")
+        problems.append(
+            f"ranked_ids {np.shape(ranked_ids)} and ranked_scores {np.shape(ranked_scores)} "
+            "must be the same [nq, K] shape"
+        )
     elif len(ranked_ids) != nq:
         problems.append(f"ranked_ids has {len(ranked_ids)} rows but positives has {nq} queries")
-    for name, seq in (("pos_texts", pos_texts), ("query_keys", query_keys), ("positive_scores", positive_scores)):
+    for name, seq in (
+        ("pos_texts", pos_texts),
+        ("query_keys", query_keys),
+        ("positive_scores", positive_scores),
+    ):
         if seq is not None and len(seq) != nq:
             problems.append(f"{name} has {len(seq)} entries, expected {nq} (one per query)")
     if k < 1:

@@ -7,6 +7,7 @@ among its positives (the false-negative margin's reference when a positive ranks
 (query format, EOS, truncation, pooling), with embeddings sharded over ranks and cached on disk;
 the search itself runs on rank 0, which alone gets a ``Ranking`` (other ranks get None).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,11 +38,18 @@ class Ranking:
 class Teacher(Protocol):
     name: str
 
-    def rank(self, queries: Sequence[str], instructions: Sequence[str], corpus: Sequence[str],
-             positives: Sequence[set[int]], depth: int) -> Ranking | None: ...
+    def rank(
+        self,
+        queries: Sequence[str],
+        instructions: Sequence[str],
+        corpus: Sequence[str],
+        positives: Sequence[set[int]],
+        depth: int,
+    ) -> Ranking | None: ...
 
 
 # ------------------------------------------------------------------------------------- BM25
+
 
 class BM25Rank:
     """Lexical teacher. Instructions are ignored (they would only add the same words to every
@@ -50,23 +58,32 @@ class BM25Rank:
 
     name = "bm25"
 
-    def rank(self, queries: Sequence[str], instructions: Sequence[str], corpus: Sequence[str],
-             positives: Sequence[set[int]], depth: int) -> Ranking | None:
+    def rank(
+        self,
+        queries: Sequence[str],
+        instructions: Sequence[str],
+        corpus: Sequence[str],
+        positives: Sequence[set[int]],
+        depth: int,
+    ) -> Ranking | None:
         if not dist.info().is_main:
             return None
         bm25 = BM25Teacher(corpus)
         scores, ids, pos_scores = [], [], []
         for start in range(0, len(queries), QUERY_CHUNK):
-            full = bm25.scores(queries[start:start + QUERY_CHUNK])  # [chunk, n_docs]
+            full = bm25.scores(queries[start : start + QUERY_CHUNK])  # [chunk, n_docs]
             s, i = topk_rows(full, depth)
             scores.append(s)
             ids.append(np.where(s > 0, i, -1))
-            pos_scores += [float(full[r, sorted(p)].max()) if p else None
-                           for r, p in enumerate(positives[start:start + len(full)])]
+            pos_scores += [
+                float(full[r, sorted(p)].max()) if p else None
+                for r, p in enumerate(positives[start : start + len(full)])
+            ]
         return Ranking(np.concatenate(scores), np.concatenate(ids), pos_scores)
 
 
 # ------------------------------------------------------------------------------------ dense
+
 
 @dataclass(frozen=True)
 class EncoderIdentity:
@@ -82,8 +99,18 @@ class EncoderIdentity:
     doc_max_len: int
 
     def key(self, instruction: str, max_len: int, texts: Sequence[str], shard_size: int) -> CacheKey:
-        return CacheKey(self.model, self.adapter, instruction, max_len, self.pooling,
-                        self.normalize, self.append_eos, self.dtype, texts_digest(texts), shard_size)
+        return CacheKey(
+            self.model,
+            self.adapter,
+            instruction,
+            max_len,
+            self.pooling,
+            self.normalize,
+            self.append_eos,
+            self.dtype,
+            texts_digest(texts),
+            shard_size,
+        )
 
 
 @dataclass(frozen=True)
@@ -101,8 +128,14 @@ class DenseRank:
     trained with instructions). The model is loaded only if some shard is missing.
     """
 
-    def __init__(self, name: str, identity: EncoderIdentity, load: Callable[[], TextEncoder],
-                 cache: CacheOptions, query_instruction: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        identity: EncoderIdentity,
+        load: Callable[[], TextEncoder],
+        cache: CacheOptions,
+        query_instruction: str | None = None,
+    ):
         self.name, self.identity, self._load = name, identity, load
         self.cache, self.query_instruction = cache, query_instruction
 
@@ -110,33 +143,47 @@ class DenseRank:
     def encoder(self) -> TextEncoder:
         return self._load()
 
-    def rank(self, queries: Sequence[str], instructions: Sequence[str], corpus: Sequence[str],
-             positives: Sequence[set[int]], depth: int) -> Ranking | None:
-        used = [ins if self.query_instruction is None else self.query_instruction
-                for ins in instructions]
+    def rank(
+        self,
+        queries: Sequence[str],
+        instructions: Sequence[str],
+        corpus: Sequence[str],
+        positives: Sequence[set[int]],
+        depth: int,
+    ) -> Ranking | None:
+        used = [ins if self.query_instruction is None else self.query_instruction for ins in instructions]
         docs = self._embed(list(corpus), "doc", "", self.identity.doc_max_len)
         texts = [format_query(q, ins) for q, ins in zip(queries, used)]
         qs = self._embed(texts, "query", "\n".join(sorted(set(used))), self.identity.query_max_len)
         if qs is None or docs is None:
             return None
         scores, ids = search(qs, docs, depth)
-        pos_scores = [float((docs[sorted(p)] @ qs[i]).max()) if p else None
-                      for i, p in enumerate(positives)]
+        pos_scores = [float((docs[sorted(p)] @ qs[i]).max()) if p else None for i, p in enumerate(positives)]
         return Ranking(scores, ids, pos_scores)
 
     def _embed(self, texts: list[str], kind: str, instruction: str, max_len: int) -> np.ndarray | None:
         """Encode (or find cached) on all ranks; the [n, d] embeddings on rank 0, None elsewhere."""
         key = self.identity.key(instruction, max_len, texts, self.cache.shard_size)
-        cache, n_cached = encode_cached(texts, lambda batch: self.encoder.encode(batch, max_len),
-                                        key, self.cache.root, kind, self.cache.progress)
+        cache, n_cached = encode_cached(
+            texts,
+            lambda batch: self.encoder.encode(batch, max_len),
+            key,
+            self.cache.root,
+            kind,
+            self.cache.progress,
+        )
         if not dist.info().is_main:
             return None
-        print(f"[sfr-ds] {kind} embeddings: {cache.n_shards} shards of up to {cache.shard_size}, "
-              f"{n_cached} were cached, in {cache.folder}", flush=True)
+        print(
+            f"[sfr-ds] {kind} embeddings: {cache.n_shards} shards of up to {cache.shard_size}, "
+            f"{n_cached} were cached, in {cache.folder}",
+            flush=True,
+        )
         return cache.load()
 
 
 # ---------------------------------------------------------------------------- construction
+
 
 @dataclass(frozen=True)
 class EncodeOptions:
@@ -186,8 +233,7 @@ def _hf_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> Dense
     cfg = ModelConfig(name_or_path=spec, pooling=pooling, dtype=options.dtype or _default_dtype())
     qlen, dlen = options.query_max_len or 128, options.doc_max_len or 256
     model = str(Path(spec).resolve()) if Path(spec).exists() else spec
-    identity = EncoderIdentity(model, "", pooling, cfg.normalize, append_eos(cfg), cfg.dtype,
-                               qlen, dlen)
+    identity = EncoderIdentity(model, "", pooling, cfg.normalize, append_eos(cfg), cfg.dtype, qlen, dlen)
     load = partial(TextEncoder.from_model_config, cfg, qlen, dlen, options.batch_size)
     return DenseRank(f"{spec} ({pooling} pooling)", identity, load, cache, options.query_instruction)
 
@@ -225,8 +271,14 @@ def _self_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> Den
         raise ValueError(f"{folder} was trained with {meta['pooling']} pooling; drop --pooling")
     dtype = options.dtype or _default_dtype()
     identity = EncoderIdentity(
-        meta["base_model"], adapter_digest(folder, meta), meta["pooling"], meta["normalize"],
-        meta["append_eos"], dtype, options.query_max_len or meta["query_max_len"],
-        options.doc_max_len or meta["doc_max_len"])
+        meta["base_model"],
+        adapter_digest(folder, meta),
+        meta["pooling"],
+        meta["normalize"],
+        meta["append_eos"],
+        dtype,
+        options.query_max_len or meta["query_max_len"],
+        options.doc_max_len or meta["doc_max_len"],
+    )
     load = partial(TextEncoder.from_run, folder, options.batch_size, dtype=dtype)
     return DenseRank(f"self:{folder}", identity, load, cache, options.query_instruction)
