@@ -7,7 +7,7 @@ exactly with autograd's saved-tensor hooks (each storage once, weights left out)
 sequences: the difference is one layer's bytes, and the whole model is the 1-layer run + (layers -
 1) of them (the first layer saves less: nothing below it needs a gradient). Devices differ in
 details: CPU dropout keeps its mask in the input's dtype where CUDA's keeps one byte, and
-attention's saved state depends on the kernel ``sfr_ds.model.packed_attention`` picks.
+attention's saved state depends on the kernel ``sfr_ds.packed_attention`` picks.
 
     python benchmarks/activation_memory.py --shape mistral-7b --tokens 512      # 20 s on 2 CPU cores
 """
@@ -28,7 +28,7 @@ def saved_bytes(shape: dict, layers: int, tokens: int, seq_len: int, dtype: str,
     import torch
 
     from sfr_ds.config import LoraConfig, ModelConfig
-    from sfr_ds.data.collate import Tokens
+    from sfr_ds.data.tokens import Tokens
     from sfr_ds.model import DTYPES, build_embedder
 
     cfg = ModelConfig(

@@ -18,7 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from sfr_ds.mining.bm25 import BM25Teacher
+from sfr_ds.mining.bm25 import BM25Scorer
 from sfr_ds.mining.search import search
 
 DEFAULT_BEIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
@@ -53,7 +53,7 @@ def bench_bm25(beir_dir: Path, k: int) -> None:
     corpus = read_jsonl(beir_dir / "corpus.jsonl", ("title", "text"))
     queries = read_jsonl(beir_dir / "queries.jsonl", ("text",))
     start = time.perf_counter()
-    teacher = BM25Teacher(corpus)
+    teacher = BM25Scorer(corpus)
     index_s = time.perf_counter() - start
     start = time.perf_counter()
     teacher.search(queries, k)

@@ -93,8 +93,8 @@ QUERY_MAX, DOC_MAX = 128, 256
 def data_lengths(tokenizer_name: str) -> tuple[list[int], list[int]]:
     """Token counts (EOS included, truncated like training) of the bundled queries and documents."""
     from sfr_ds.config import ModelConfig
-    from sfr_ds.data.collate import format_query
     from sfr_ds.data.load import load_records
+    from sfr_ds.data.tokens import format_query
     from sfr_ds.model import load_tokenizer
 
     records = [r for f in DATA for r in load_records(str(ROOT / "sfr_ds/resources/data" / f))]
@@ -114,7 +114,7 @@ def random_tokens(lengths, vocab: int, rng):
     import numpy as np
     import torch
 
-    from sfr_ds.data.collate import Tokens
+    from sfr_ds.data.tokens import Tokens
 
     lengths = np.asarray(lengths)
     width = int(lengths.max())
@@ -191,7 +191,7 @@ def run_mode(args, mode: str, queries: int) -> dict:
 
     from sfr_ds import dist
     from sfr_ds import engine as ds
-    from sfr_ds.gradcache import gradcache_backward, plan_chunks
+    from sfr_ds.forward_backward import gradcache_backward, plan_chunks
     from sfr_ds.train import StepGate, StopFlag, infonce
 
     me = dist.setup()
@@ -239,7 +239,7 @@ def run_mode(args, mode: str, queries: int) -> dict:
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
     reads = None
     if args.host_reads:  # one more step, untimed, under the probe
-        from sfr_ds.host_reads import HostReads
+        from host_reads import HostReads
 
         with HostReads() as probe:
             one_step(args.warmup + args.steps)

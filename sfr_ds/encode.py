@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ModelConfig
-from .data.collate import format_query, tokenize
+from .data.tokens import format_query, tokenize
 from .model import Embedder, append_eos, load_backbone, load_tokenizer
 
 META = "sfr_ds.json"

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .data.collate import format_query
+from .data.tokens import format_query
 from .encode import META, TextEncoder
 from .model import DTYPES, Embedder, load_tokenizer
 from .zoo import resolve_model_path

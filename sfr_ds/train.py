@@ -22,13 +22,13 @@ from . import dist
 from . import engine as ds
 from .config import ConfigError, TrainConfig, config_from_dict, dump_config
 from .data.batch import NegativeDrawer, TextBatch, allowed_mask, build_text_batch
-from .data.collate import Tokens, to_device, tokenize
 from .data.load import group_by_dataset, load_training_data
 from .data.prefetch import prefetched
 from .data.records import Record
 from .data.sampler import BatchPlan, GlobalBatch
+from .data.tokens import Tokens, to_device, tokenize
 from .encode import META, encode_meta
-from .gradcache import gradcache_backward, plain_backward
+from .forward_backward import gradcache_backward, plain_backward
 from .loss import contrastive_loss
 from .metrics import MetricsLog
 from .model import append_eos, build_embedder, count_parameters, load_tokenizer

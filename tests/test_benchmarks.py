@@ -60,7 +60,7 @@ def test_train_step_benchmark_runs_both_modes_on_the_same_tokens(tmp_path):
     assert fast_reads and not [
         r
         for r in fast_reads
-        if any(where in r for where in ("gradcache.py", "model.py", "transformers/", "peft/"))
+        if any(where in r for where in ("forward_backward.py", "model.py", "transformers/", "peft/"))
     ], fast["host_reads"]
     assert "transformers/masking_utils.py" in base["host_reads"]  # padded: a mask check per forward
 

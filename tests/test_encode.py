@@ -5,7 +5,7 @@ import torch
 from conftest import TINY, sfr_ds
 
 from sfr_ds.config import load_config
-from sfr_ds.data.collate import format_query, tokenize
+from sfr_ds.data.tokens import format_query, tokenize
 from sfr_ds.encode import TextEncoder
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import SHARED_DATA, TINY, proc_env, sfr_ds
 
-from sfr_ds.data.collate import format_query
+from sfr_ds.data.tokens import format_query
 from sfr_ds.eval.cache import text_key
 from sfr_ds.eval.models import ModelSpec
 from sfr_ds.eval.runner import Manifest, embedding_cache

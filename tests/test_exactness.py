@@ -89,9 +89,9 @@ def planned_steps(config, n: int) -> list[tuple[str, int]]:
     the loop's prefetch must hand each step its own batch."""
     from sfr_ds.config import load_config
     from sfr_ds.data.batch import NegativeDrawer, build_text_batch
-    from sfr_ds.data.collate import tokenize
     from sfr_ds.data.load import group_by_dataset, load_training_data
     from sfr_ds.data.sampler import BatchPlan
+    from sfr_ds.data.tokens import tokenize
     from sfr_ds.model import append_eos, load_tokenizer
 
     cfg = load_config(config)

@@ -23,9 +23,9 @@ import pytest
 from conftest import ROOT, SHARED_DATA, TINY, proc_env, read_metrics, sfr_ds
 
 from sfr_ds.config import ModelConfig
-from sfr_ds.data.collate import format_query
 from sfr_ds.data.prepare import INSTRUCTIONS, from_beir, from_labelled, from_sts
 from sfr_ds.data.records import read_jsonl
+from sfr_ds.data.tokens import format_query
 from sfr_ds.encode import TextEncoder
 
 SCIFACT = SHARED_DATA / "scifact"

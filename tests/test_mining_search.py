@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sfr_ds.mining.bm25 import BM25Teacher
+from sfr_ds.mining.bm25 import BM25Scorer
 from sfr_ds.mining.search import search, topk_rows
 from sfr_ds.mining.select import retrieval_depth, select_negatives
 
@@ -98,7 +98,7 @@ DOCS = [
 
 
 def test_bm25_rare_word_first():
-    teacher = BM25Teacher(DOCS)
+    teacher = BM25Scorer(DOCS)
     scores, ids = teacher.search(["what is zymurgy", "cat in the park"], k=3)
     assert scores.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (2, 3)
     assert ids[0, 0] == 2 and scores[0, 0] > scores[0, 1]
@@ -107,9 +107,9 @@ def test_bm25_rare_word_first():
 
 
 def test_bm25_deterministic_and_unknown_query():
-    teacher = BM25Teacher(DOCS)
+    teacher = BM25Scorer(DOCS)
     first = teacher.search(["fermentation", "xyzzy", "the"], k=10)
-    second = BM25Teacher(DOCS).search(["fermentation", "xyzzy", "the"], k=10)
+    second = BM25Scorer(DOCS).search(["fermentation", "xyzzy", "the"], k=10)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     scores, ids = first

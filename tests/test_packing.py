@@ -14,11 +14,11 @@ import random
 import pytest
 import torch
 from conftest import ROOT, TINY, torchrun_worker
+from host_reads import HostReads
 
 from sfr_ds.config import ConfigError, LoraConfig, ModelConfig, load_config
-from sfr_ds.data.collate import tokenize
-from sfr_ds.gradcache import gradcache_backward, loss_and_grads, token_budget_chunks
-from sfr_ds.host_reads import HostReads
+from sfr_ds.data.tokens import tokenize
+from sfr_ds.forward_backward import gradcache_backward, loss_and_grads, token_budget_chunks
 from sfr_ds.model import build_embedder, load_tokenizer
 from sfr_ds.train import infonce
 
@@ -222,25 +222,27 @@ VARLEN_SIGNATURES = {
 
 @pytest.mark.parametrize("release", list(VARLEN_SIGNATURES))
 def test_torch_varlen_call_fits_each_release(release, monkeypatch):
-    from sfr_ds import model
+    from sfr_ds import packed_attention
 
     params = VARLEN_SIGNATURES[release]
-    monkeypatch.setattr(model, "_torch_varlen_params", lambda: frozenset(params))
+    monkeypatch.setattr(packed_attention, "_torch_varlen_params", lambda: frozenset(params))
     causal = lambda kw: kw.get("is_causal", kw.get("window_size") == (-1, 0))
-    kwargs, expand = model._torch_varlen_kwargs(causal=True, scale=128**-0.5, gqa=True, head_dim=128)
+    kwargs, expand = packed_attention._torch_varlen_kwargs(
+        causal=True, scale=128**-0.5, gqa=True, head_dim=128
+    )
     assert set(kwargs) <= params and causal(kwargs) is True
     assert kwargs.get("scale", 128**-0.5) == 128**-0.5  # the default scale may go unsaid
     # a kernel without grouped-query attention gets K/V repeated to the query's heads
     assert expand == ("enable_gqa" not in params)
-    kwargs, expand = model._torch_varlen_kwargs(causal=False, scale=None, gqa=False, head_dim=128)
+    kwargs, expand = packed_attention._torch_varlen_kwargs(causal=False, scale=None, gqa=False, head_dim=128)
     assert not expand and causal(kwargs) is False
     # a scale the kernel cannot take sends the call elsewhere rather than being dropped
-    other = model._torch_varlen_kwargs(causal=True, scale=0.5, gqa=False, head_dim=128)
+    other = packed_attention._torch_varlen_kwargs(causal=True, scale=0.5, gqa=False, head_dim=128)
     assert (other is None) == ("scale" not in params)
 
 
 def test_repeated_kv_heads_equal_grouped_query_attention():
-    from sfr_ds.model import repeat_kv_heads
+    from sfr_ds.packed_attention import repeat_kv_heads
 
     torch.manual_seed(0)
     q, k, v = torch.randn(10, 8, 16), torch.randn(10, 2, 16), torch.randn(10, 2, 16)  # [T, heads, D]
@@ -282,18 +284,18 @@ def bf16_errors(device: str, name: str = "mistral") -> tuple[float, float, float
 def test_packed_bf16_is_as_accurate_as_padded_bf16(device, monkeypatch):
     """In bf16 neither layout is exact; packed must be no further from fp32 than padded is. On a GPU
     the packed path must use a variable-length kernel (flash-attn's or PyTorch's), not the grid."""
-    from sfr_ds import model
+    from sfr_ds import packed_attention
 
     if device == "cuda":
-        plan = model._torch_varlen_kwargs(True, None, True, 64)
-        assert model._flash_attn_varlen() is not None or plan is not None, (
+        plan = packed_attention._torch_varlen_kwargs(True, None, True, 64)
+        assert packed_attention._flash_attn_varlen() is not None or plan is not None, (
             f"torch {torch.__version__} has no varlen kernel sfr-ds can call"
         )
 
         def no_grid(*args, **kwargs):
             raise AssertionError("packed attention fell back to the padded grid on a GPU")
 
-        monkeypatch.setattr(model, "_padded_attention", no_grid)
+        monkeypatch.setattr(packed_attention, "_padded_attention", no_grid)
     torch.manual_seed(0)
     pad_emb, pack_emb, pad_grad, pack_grad = bf16_errors(device)
     assert pad_emb > 0 and pad_grad > 0  # bf16 really differs from fp32
@@ -348,7 +350,7 @@ def test_packed_step_reads_no_device_value_but_the_gate(name):
     device except through the gate, the step's one planned synchronisation; packing itself reads
     only the host's token tensors."""
     where = host_reads_of_a_step(name, packing=True)
-    allowed = {("test_packing.py", "gate"), ("collate.py", "pack")}
+    allowed = {("test_packing.py", "gate"), ("tokens.py", "pack")}
     assert ("test_packing.py", "gate") in where  # the probe sees the gate's read
     assert where <= allowed, f"host reads outside the gate: {sorted(where - allowed)}"
 

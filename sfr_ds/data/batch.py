@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .collate import format_query
 from .records import Record, RecordError
+from .tokens import format_query
 
 
 @dataclass

@@ -14,7 +14,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from ..data.collate import format_query
+from ..data.tokens import format_query
 from .cache import EmbeddingCache
 from .models import LoadedModel
 

@@ -1,4 +1,6 @@
-"""BM25 teacher (bm25s), returning the same (scores, ids) arrays as the dense search."""
+"""BM25 scores (bm25s): full score rows, and top-k as the same (scores, ids) arrays as the dense search.
+
+The bm25 teacher (``teachers.BM25Rank``) ranks with it; ``tools/`` use it to build data."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from sfr_ds.mining.search import topk_rows
 QUERY_CHUNK = 256
 
 
-class BM25Teacher:
-    """Lexical teacher: BM25 (Lucene variant, bm25s defaults) over lower-cased word tokens.
+class BM25Scorer:
+    """BM25 (Lucene variant, bm25s defaults) over lower-cased word tokens.
 
     Ties, frequent in BM25 (zero scores, duplicate documents), go to the lower id, as in
     ``search``; a query with no known token scores 0 everywhere and returns ids 0..k-1.

@@ -21,9 +21,9 @@ from typing import Protocol
 import numpy as np
 
 from sfr_ds import dist
-from sfr_ds.data.collate import format_query
+from sfr_ds.data.tokens import format_query
 from sfr_ds.encode import META, TextEncoder
-from sfr_ds.mining.bm25 import QUERY_CHUNK, BM25Teacher
+from sfr_ds.mining.bm25 import QUERY_CHUNK, BM25Scorer
 from sfr_ds.mining.encode_cache import CacheKey, encode_cached, texts_digest
 from sfr_ds.mining.search import search, topk_rows
 
@@ -68,7 +68,7 @@ class BM25Rank:
     ) -> Ranking | None:
         if not dist.info().is_main:
             return None
-        bm25 = BM25Teacher(corpus)
+        bm25 = BM25Scorer(corpus)
         scores, ids, pos_scores = [], [], []
         for start in range(0, len(queries), QUERY_CHUNK):
             full = bm25.scores(queries[start : start + QUERY_CHUNK])  # [chunk, n_docs]

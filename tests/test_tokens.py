@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoTokenizer
 
-from sfr_ds.data.collate import format_query, tokenize
+from sfr_ds.data.tokens import format_query, tokenize
 from sfr_ds.model import pool
 from sfr_ds.zoo import resolve_model_path
 

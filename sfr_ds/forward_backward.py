@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from . import dist
-from .data.collate import Packed, Tokens, to_device
+from .data.tokens import Packed, Tokens, to_device
 
 # (queries [b, d] = local rows ``rows``, candidate documents [N, d], rows) -> those queries' share
 # of the mean local loss, so that the shares of all row blocks add up to the loss.
