@@ -28,7 +28,7 @@ from sfr_ds.data.prepare import (  # noqa: E402
     load_beir_corpus,
 )
 from sfr_ds.data.records import Record, write_jsonl  # noqa: E402
-from sfr_ds.mining.bm25 import BM25Teacher  # noqa: E402
+from sfr_ds.mining.bm25 import BM25Scorer  # noqa: E402
 from sfr_ds.mining.select import retrieval_depth, select_negatives  # noqa: E402
 
 COMMAND = "python tools/build_bundled_data.py"
@@ -67,7 +67,7 @@ def mine(
     Zero-score candidates share no word with the query and sit in arbitrary order, so they are
     treated as absent rather than as hard negatives.
     """
-    scores, ids = BM25Teacher(pool_texts).search(
+    scores, ids = BM25Scorer(pool_texts).search(
         [r.query for r in records], retrieval_depth(WINDOW[1], positives)
     )
     picks, _ = select_negatives(
@@ -181,7 +181,7 @@ folder beside the repository); rerunning it reproduces these files byte for byte
 training record (see `sfr_ds/data/records.py`).
 
 Hard negatives: BM25 (bm25s, English stop words, no stemming) over the pool named below, through
-`sfr_ds.mining` (`BM25Teacher`, `select_negatives`): positives are removed by id and by identical
+`sfr_ds.mining` (`BM25Scorer`, `select_negatives`): positives are removed by id and by identical
 text, then candidates ranked {lo}-{hi_1} (0-based rank after that removal, `neg_ranks`) with a BM25
 score > 0 form the window, and {n_neg} are drawn per query with seed {seed} keyed by `query_id`,
 stored in rank order with `neg_ids`, `neg_ranks` and `neg_scores`. Records that end up with fewer

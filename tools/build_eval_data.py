@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from sfr_ds.data.prepare import load_beir_corpus  # noqa: E402
 from sfr_ds.data.records import read_jsonl  # noqa: E402
-from sfr_ds.mining.bm25 import BM25Teacher  # noqa: E402
+from sfr_ds.mining.bm25 import BM25Scorer  # noqa: E402
 
 COMMAND = "python tools/build_eval_data.py"
 MAX_DOC_CHARS = 500  # as the training bundle: ~100-130 tokens
@@ -84,7 +84,7 @@ def build_scifact(src: Path, out: Path, seed: int) -> str:
     qids = sample(clean, N_SCIFACT_QUERIES, seed)
     ids, texts = list(corpus), list(corpus.values())
     keep = list(dict.fromkeys(d for q in qids for d in qrels[q]))
-    _, top = BM25Teacher(texts).search([queries[q] for q in qids], 50)
+    _, top = BM25Scorer(texts).search([queries[q] for q in qids], 50)
     for depth in range(top.shape[1]):  # round robin over queries: each gets its hardest first
         for row in top[:, depth]:
             if len(keep) < N_SCIFACT_DOCS and ids[row] in unused and ids[row] not in keep:
@@ -117,7 +117,7 @@ def build_pubmedqa(src: Path, out: Path, seed: int) -> str:
     pmids = sample(sorted(p for p in data if p in test), N_PUBMEDQA, seed)
     questions = [data[p]["QUESTION"] for p in pmids]
     docs = [cut(" ".join(data[p]["CONTEXTS"])) for p in pmids]
-    scores, top = BM25Teacher(docs).search(questions, N_CANDIDATES + 1)
+    scores, top = BM25Scorer(docs).search(questions, N_CANDIDATES + 1)
     (out / "pubmedqa").mkdir()
     with open(out / "pubmedqa" / "rerank.jsonl", "w", encoding="utf-8") as f:
         for i, question in enumerate(questions):
