@@ -1,6 +1,7 @@
 """Shared test setup: offline, CPU DeepSpeed, and helpers that start real processes."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' probes (host_rea
 
 
 def free_port() -> int:
+    """A TCP port free on the loopback now (each distributed test gets its own)."""
     import socket
 
     with socket.socket() as s:
@@ -34,17 +36,38 @@ def proc_env() -> dict:
     return env
 
 
-def run(cmd: list[str], timeout: int = 300, **kw) -> subprocess.CompletedProcess:
-    """Run a command; on failure show its output in the assertion."""
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=proc_env(), cwd=ROOT, **kw)
-    assert p.returncode == 0, (
-        f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
+def run(cmd: list, timeout: int = 300, check: bool = True, env: dict | None = None, **kw):
+    """Run a command in the repository root. ``check``: it must succeed (its output is shown in the
+    assertion if not); ``check=False`` for a command expected to fail, whose result is returned."""
+    p = subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or proc_env(),
+        cwd=kw.pop("cwd", ROOT),
+        **kw,
     )
+    if check:
+        assert p.returncode == 0, (
+            f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
+        )
     return p
 
 
-def sfr_ds(*args, timeout: int = 300) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "sfr_ds.cli", *map(str, args)], timeout=timeout)
+def sfr_ds(
+    *args, timeout: int = 300, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``sfr-ds ARGS`` in a fresh process (see ``run``)."""
+    return run([sys.executable, "-m", "sfr_ds.cli", *args], timeout=timeout, check=check, env=env)
+
+
+def rel_diff(a, b) -> float:
+    """||a - b|| / ||a|| over tensors, or dicts of tensors taken as one vector."""
+    if not isinstance(a, dict):
+        a, b = {"": a}, {"": b}
+    num = math.sqrt(sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a))
+    return num / math.sqrt(sum(float(a[k].double().pow(2).sum()) for k in a))
 
 
 def torchrun_worker(n: int, out: Path, *overrides: str, config: Path = TINY) -> dict:

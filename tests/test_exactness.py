@@ -5,20 +5,12 @@ Steps 1-3 of its plan cover both loss modes: retrieval (in-batch, gathered acros
 classification (labels as documents, own negatives only).
 """
 
-import math
-
 import pytest
 import torch
-from conftest import TINY, read_metrics, sfr_ds, torchrun_worker
+from conftest import TINY, read_metrics, rel_diff, sfr_ds, torchrun_worker
 
 STEPS = "optim.max_steps=3"
 REL = 1e-5
-
-
-def rel_diff(a: dict, b: dict) -> float:
-    num = math.sqrt(sum(float((a[k] - b[k]).pow(2).sum()) for k in a))
-    den = math.sqrt(sum(float(a[k].pow(2).sum()) for k in a))
-    return num / den
 
 
 @pytest.fixture(scope="module")

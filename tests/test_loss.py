@@ -2,13 +2,13 @@
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import free_port
 
 from sfr_ds.data.batch import NegativeDrawer, allowed_mask, build_text_batch
 from sfr_ds.data.records import Record
@@ -138,9 +138,7 @@ def test_gather_with_grad_equals_single_process():
         0.1,
     )
     loss.backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_gather_worker, args=(r, world, port, out)) for r in range(world)]

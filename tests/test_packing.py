@@ -13,7 +13,7 @@ import random
 
 import pytest
 import torch
-from conftest import ROOT, TINY, torchrun_worker
+from conftest import ROOT, TINY, rel_diff, torchrun_worker
 from host_reads import HostReads
 
 from sfr_ds.config import ConfigError, LoraConfig, ModelConfig, load_config
@@ -181,11 +181,6 @@ def test_config_checks_packing_fields():
         load_config(TINY, ["gradcache.packing=true", "gradcache.chunk_tokens=32", "gradcache.enabled=false"])
     assert "'gradcache.chunk_tokens' (32) must be >= the longest sequence (64" in str(e.value)
     assert "'gradcache.packing' needs gradcache.enabled=true" in str(e.value)
-
-
-def rel_diff(a: dict, b: dict) -> float:
-    num = math.sqrt(sum(float((a[k] - b[k]).pow(2).sum()) for k in a))
-    return num / math.sqrt(sum(float(a[k].pow(2).sum()) for k in a))
 
 
 def test_gradcache_with_packing_equals_plain_padded(tmp_path):
