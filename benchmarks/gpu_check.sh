@@ -1,33 +1,33 @@
 #!/usr/bin/env bash
-# The GPU checks of the training step, prepared to run as few calls of the device tool as possible.
+# What only a GPU can show about sfr-ds's training step, in one script. On a machine with an NVIDIA
+# GPU and sfr-ds installed (a CUDA torch first, then `pip install -e ".[test]"`; flash-attn optional),
+# from the repository root:
 #
-# Here, once (wheels for what the GPU image lacks, into the git-ignored .whl/):
-#   bash tools/device_wheels.sh
-# There, from the repository root (device tool: command "bash benchmarks/gpu_check.sh", carry [".whl"],
-# timeout_s 590); PARTS (comma-separated, run in the order given) picks from:
-#   exact     packed vs padded in bf16 on the GPU through the varlen kernel, GradCache replay with
-#             dropout reproducing the cache pass (tests/test_packing.py)
+#   bash benchmarks/gpu_check.sh                    # every part below, in order
+#   PARTS=speed,mem2048 bash benchmarks/gpu_check.sh
+#
+# The GPU, driver and versions go first into $OUT/timeline.txt (default OUT=/tmp/gpu_check); each
+# part writes its log (and the benchmark's JSON) to $OUT as it finishes, so figures survive a part
+# that runs out of time. Copy them, with the hardware line, into docs/benchmarks.md.
+#   exact     packed vs padded in bf16 through the varlen kernel, GradCache replay with dropout
+#             against its reference (tests/test_packing.py)
 #   act       saved activations per token of the packed forward at Mistral-7B's width (CUDA's own)
-#   speed     Mistral-7B shape, 256 queries: baseline vs fast, MFU, host synchronisations listed
-#   mem2048   fast, 2,048 queries per step: peak memory (one step, no warm-up)
-#   mem8192   fast, 8,192 queries per step: peak memory (one step, no warm-up; the longest part)
-#   loop      `sfr-ds train` itself on the GPU: the tiny config in bf16, packed, 6 steps (the training
-#             loop with its prefetch thread, DeepSpeed's bf16 ZeRO-2, checkpoint and adapter)
-# Default PARTS=exact,act,speed,mem2048,loop; then a second call with PARTS=mem8192. Each part has its
-# own time limit, cut to what is left of BUDGET seconds (default 570, inside the call's 590; a part
-# with under 30 s left is skipped), and writes its log (and the benchmark's JSON) to $OUT as it goes,
-# so a part that runs out of time still leaves the others' figures; at most 8 files come back, so
-# the environment goes into timeline.txt. Estimates at the target rate (~12k tokens/s): exact ~1 min,
-# act ~1 min, speed ~3-4 min, mem2048 ~2 min, loop ~1 min if time is left, mem8192 ~5-6 min.
-# SHAPE=tiny and WHEELS=DIR rehearse the script on a CPU machine (in a venv that, like the GPU image,
-# lacks deepspeed and pydantic).
+#   speed     Mistral-7B shape, 256 queries: padded+checkpointed baseline vs packed, tokens/s, MFU,
+#             and every host synchronisation of the step
+#   mem2048   packed, 2,048 queries per step: peak memory (one step, no warm-up)
+#   mem8192   packed, 8,192 queries per step: peak memory (the longest part: ~5 min at 12k tokens/s)
+#   loop      `sfr-ds train` itself: the tiny config in bf16, packed, 6 steps (the loop, its prefetch
+#             thread, DeepSpeed's bf16 ZeRO-2, checkpoint and adapter)
+# Each part has its own time limit; BUDGET=SECONDS (optional) caps the whole run, skipping parts
+# with under 30 s left. WHEELS=DIR installs the wheels of tools/offline_wheels.sh first (a GPU
+# node without a package index). SHAPE=tiny runs the same script on a CPU machine, as a rehearsal.
 set -uo pipefail
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
-parts=${PARTS:-exact,act,speed,mem2048,loop}
+parts=${PARTS:-exact,act,speed,mem2048,mem8192,loop}
 shape=${SHAPE:-mistral-7b}
 wheels=${WHEELS:-.whl}
-budget=${BUDGET:-570}
+budget=${BUDGET:-100000}
 start=$SECONDS
 stamp() { echo "[$((SECONDS - start)) s] $*" | tee -a "$out/timeline.txt"; }
 limit() {  # CAP: the part's cap, or what is left of the budget if less

@@ -2,7 +2,7 @@
 
 Per step, for one rank's share of the seed's batch (256 queries x 8 documents of a 2,048-query global
 batch): building the global batch's texts and negatives, tokenizing the rank's 2,304 texts and its
-candidate mask over 16,384 gathered documents (``sfr_ds.train.input_maker``, what the loop runs).
+candidate mask over 16,384 gathered documents (``TrainingData.maker``, what the loop runs).
 Then how much Python work a launching thread still gets done while those inputs are made on the
 prefetch thread (the tokenizer's Rust code releases the GIL): 100% means the overlap costs nothing.
 
@@ -30,8 +30,8 @@ from sfr_ds.config import load_config
 from sfr_ds.data.batch import NegativeDrawer
 from sfr_ds.data.load import group_by_dataset, load_training_data
 from sfr_ds.data.sampler import BatchPlan
+from sfr_ds.data.step_inputs import TrainingData
 from sfr_ds.model import load_tokenizer
-from sfr_ds.train import input_maker
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT / "sfr_ds" / "resources" / "data" / "scifact_train.jsonl"
@@ -103,7 +103,8 @@ def main() -> None:
     )
     drawer = NegativeDrawer(records, cfg.data.hard_negatives, cfg.data.short_negatives, cfg.data.seed)
     per_rank = args.global_batch // args.ranks
-    make = input_maker(records, plan, drawer, slice(0, per_rank), load_tokenizer(cfg.model), cfg)
+    data = TrainingData(records, plan, drawer, plan.steps_per_epoch)
+    make = data.maker(slice(0, per_rank), load_tokenizer(cfg.model), cfg)
     make(0)  # warm-up: tokenizer caches, first allocation
 
     times, tokens = [], 0

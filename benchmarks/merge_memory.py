@@ -116,22 +116,27 @@ def child(method: str, adapter: Path, out: Path) -> None:
     import torch
     import transformers  # noqa: F401
 
-    from sfr_ds import merge as m
+    from sfr_ds.merge import merge
+    from sfr_ds.merge.layout import write_tokenizer
+    from sfr_ds.run_dir import base_model_path, read_meta
+    from sfr_ds.zoo import resolve_model_path
 
     start = time.perf_counter()
     extra = {}
     if method in ("sfr-ds", "verified"):
-        report = m.merge(adapter, out, dtype="bf16", max_shard_size=SHARD, check=method == "verified")
+        report = merge(adapter, out, dtype="bf16", max_shard_size=SHARD, check=method == "verified")
         extra = {"max_abs_diff": report.max_abs_diff}
     elif method == "naive":
         from peft import PeftModel
         from transformers import AutoModel
 
-        meta = m.read_meta(adapter)
-        base = AutoModel.from_pretrained(str(m.base_model_dir(adapter, meta)), dtype=torch.bfloat16)
+        meta = read_meta(adapter)
+        base = AutoModel.from_pretrained(
+            resolve_model_path(base_model_path(adapter, meta)), dtype=torch.bfloat16
+        )
         merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         merged.save_pretrained(str(out), max_shard_size=SHARD)
-        m.write_tokenizer(adapter, out, meta)
+        write_tokenizer(adapter, out, meta)
     print(
         json.dumps(
             {

@@ -1,7 +1,7 @@
 """Throughput, MFU and peak memory of the real training step: the padded baseline vs the packed fast path.
 
 A step is what ``sfr_ds.train`` runs per optimizer step on one rank: GradCache cache pass, InfoNCE
-over the gathered documents (``sfr_ds.train.infonce``, the step gate's collective included),
+over the gathered documents (``sfr_ds.loss.InfoNCE``, the step gate's collective included),
 chunked re-forward and backward through a DeepSpeed ZeRO-2 engine (``sfr_ds.engine``), optimizer
 step. The backbone is random, built from a config (nothing downloaded), with LoRA r=8 on every
 linear layer; each example is 1 query + 1 positive + ``--hard-negatives`` documents, with token
@@ -167,8 +167,8 @@ def build(args, mode: str, n: int, device):
     """(engine, N, config) for ``mode``: the training code's own model and DeepSpeed setup."""
     import torch
 
-    from sfr_ds import engine as ds
     from sfr_ds.config import TrainConfig
+    from sfr_ds.engine.training import initialize
     from sfr_ds.model import build_embedder
 
     cfg = TrainConfig()
@@ -181,7 +181,7 @@ def build(args, mode: str, n: int, device):
     torch.manual_seed(0)
     with torch.device(device):  # a 7B model is built where it runs: no slow host-side init
         model = build_embedder(cfg.model, cfg.lora, packed=cfg.gradcache.packing)
-    return ds.initialize(model, cfg, total_steps=10**6, per_rank_queries=n), linear_weights(model), cfg
+    return initialize(model, cfg, total_steps=10**6, per_rank_queries=n), linear_weights(model), cfg
 
 
 def run_mode(args, mode: str, queries: int) -> dict:
@@ -190,9 +190,10 @@ def run_mode(args, mode: str, queries: int) -> dict:
     import torch
 
     from sfr_ds import dist
-    from sfr_ds import engine as ds
-    from sfr_ds.forward_backward import gradcache_backward, plan_chunks
-    from sfr_ds.train import StepGate, StopFlag, infonce
+    from sfr_ds.engine.training import optimizer_step
+    from sfr_ds.forward_backward import ChunkPolicy, gradcache_step
+    from sfr_ds.guards import StepGate, StopFlag
+    from sfr_ds.loss import InfoNCE
 
     me = dist.setup()
     n = queries // me.world
@@ -201,9 +202,9 @@ def run_mode(args, mode: str, queries: int) -> dict:
     group = 1 + args.hard_negatives
     queries_t, docs_t = step_batch(args, n, me.rank, SHAPES[args.shape][0]["vocab_size"])
     positive = ((me.rank * n + torch.arange(n)) * group).to(device)
-    loss_fn = infonce(positive, torch.ones(n, queries * group, dtype=torch.bool), cfg.loss.temperature)
-    chunk_tokens = args.chunk_tokens if mode == "fast" else None
-    q_chunks, d_chunks = plan_chunks(queries_t, docs_t, args.chunk_size, chunk_tokens)
+    loss = InfoNCE(cfg.loss.temperature).by_rows(positive, torch.ones(n, queries * group, dtype=torch.bool))
+    chunks = ChunkPolicy(args.chunk_size, args.chunk_tokens if mode == "fast" else None)
+    q_chunks, d_chunks = chunks.plan(queries_t, docs_t)
     computed = sum(int(np.prod(c.batch.input_ids.shape)) for c in q_chunks + d_chunks)
     real = queries_t.n_tokens + docs_t.n_tokens
     stop = StopFlag()
@@ -214,17 +215,8 @@ def run_mode(args, mode: str, queries: int) -> dict:
     def one_step(s: int) -> float:
         t0 = time.perf_counter()
         gate = StepGate(s, real, stop)
-        gradcache_backward(
-            engine,
-            queries_t,
-            docs_t,
-            loss_fn,
-            args.chunk_size,
-            gate=gate,
-            gather=True,
-            chunk_tokens=chunk_tokens,
-        )
-        ds.step(engine)
+        gradcache_step(engine, queries_t, docs_t, loss, chunks=chunks, gather=True, gate=gate)
+        optimizer_step(engine)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0

@@ -30,7 +30,8 @@ from pathlib import Path
 import yaml
 
 from .config import PROJECT_ROOT, ConfigError, build_dataclass, resolve_path
-from .demo import Stage, _cli, eval_done, prepare, run_stages
+from .demo import prepare
+from .pipeline import Stage, cli, eval_stage, mine_stage, run_local, train_stage, written
 
 
 @dataclass
@@ -158,110 +159,74 @@ def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dic
     stages, start = [], []
     demo = Path(cfg.start_from_demo) if cfg.start_from_demo else None
     if demo:
-        stages.append(
+        start = [f"model.name_or_path={demo / 'merged'}"]
+        stages += [
             Stage(
                 "the starting model: sfr-ds demo",
                 demo / "merged",
-                (demo / "summary.md").exists,
-                _cli("demo", "--output-dir", str(demo)),
-            )
-        )
-        start = [f"model.name_or_path={demo / 'merged'}"]
-        stages.append(
-            Stage(
+                written(demo / "summary.md"),  # the demo's last output
+                cli("demo", "--output-dir", demo),
+            ),
+            eval_stage(
                 "evaluate the starting model",
+                demo / "merged",
                 out / "start" / "eval",
-                lambda: eval_done(out / "start" / "eval"),
-                _cli(
-                    "eval",
-                    "run",
-                    str(demo / "merged"),
-                    "--output-dir",
-                    str(out / "start" / "eval"),
-                    "--no-progress",
-                    *map(str, cfg.eval_args),
-                ),
-            )
-        )
+                "--no-progress",
+                *map(str, cfg.eval_args),
+            ),
+        ]
     if not cfg.train_input:
         exclude = demo / "data" / "train.jsonl" if demo else None
         stages.append(
             Stage(
                 "prepare the bundled training data",
                 data,
-                data.exists,
+                written(data),
                 call=lambda: prepare(data, cfg.records_per_dataset, 0, exclude),
             )
         )
     mined_done: set[str] = set()
     for row in rows:
-        d = out / "rows" / row.slug(baseline)
         mined = out / "mined" / row.mined_name()
-        teacher = f"self:{out / 'rows' / 'baseline' / 'train'}" if row.teacher == "self" else row.teacher
         if mined.name not in mined_done:
             mined_done.add(mined.name)
-            stages.append(
-                Stage(
-                    f"mine: {teacher}, ranks {row.window[0]}-{row.window[1]}, k={row.k}",
-                    mined,
-                    mined.exists,
-                    _cli(
-                        "mine",
-                        str(data),
-                        "--corpus",
-                        "from-records",
-                        "--teacher",
-                        teacher,
-                        "--range",
-                        str(row.window[0]),
-                        str(row.window[1]),
-                        "--k",
-                        str(row.k),
-                        "--out",
-                        str(mined),
-                        "--no-progress",
-                    ),
-                )
-            )
-        overrides = [f"data.train_files=[{mined}]", *start] + [f"{k}={v}" for k, v in row.train]
-        stages.append(
-            Stage(
-                f"train row {row.slug(baseline)}",
-                d / "train",
-                lambda d=d: (d / "train" / "final" / "sfr_ds.json").exists(),
-                _cli(
-                    "train",
-                    cfg.train_config,
-                    *overrides,
-                    "--output-dir",
-                    str(d / "train"),
-                    "--resume",
-                    "--nproc-per-node",
-                    str(cfg.nproc),
-                ),
-            )
-        )
-        stages.append(
-            Stage(
-                f"evaluate row {row.slug(baseline)}",
-                d / "eval",
-                lambda d=d: eval_done(d / "eval"),
-                _cli(
-                    "eval",
-                    "run",
-                    str(d / "train"),
-                    "--output-dir",
-                    str(d / "eval"),
-                    "--no-progress",
-                    *map(str, cfg.eval_args),
-                ),
-            )
-        )
+            stages.append(_mine(row, data, mined, out))
+        stages += _train_and_eval(cfg, row, baseline, mined, start)
     columns = {
         name: {col: out / "rows" / resolve(cfg, v).slug(baseline) / "eval" for col, v in study.rows.items()}
         for name, study in studies.items()
     }
     return stages, columns
+
+
+def _mine(row: Row, data: Path, mined: Path, out: Path) -> Stage:
+    """``self`` mines with the baseline row's trained model (planned before every other row)."""
+    teacher = f"self:{out / 'rows' / 'baseline' / 'train'}" if row.teacher == "self" else row.teacher
+    return mine_stage(
+        f"mine: {teacher}, ranks {row.window[0]}-{row.window[1]}, k={row.k}",
+        data,
+        mined,
+        teacher,
+        "--range",
+        row.window[0],
+        row.window[1],
+        "--k",
+        row.k,
+        "--no-progress",
+    )
+
+
+def _train_and_eval(cfg: AblateConfig, row: Row, baseline: Row, mined: Path, start: list[str]) -> list[Stage]:
+    """The row's run directory and its evaluation, under ``rows/SLUG``."""
+    slug = row.slug(baseline)
+    d = Path(cfg.output_dir) / "rows" / slug
+    overrides = [f"data.train_files=[{mined}]", *start] + [f"{k}={v}" for k, v in row.train]
+    return [
+        train_stage(f"train row {slug}", cfg.train_config, d / "train", overrides, cfg.nproc),
+        eval_stage(
+            f"evaluate row {slug}", d / "train", d / "eval", "--no-progress", *map(str, cfg.eval_args)
+        ),
+    ]
 
 
 def tables(cfg: AblateConfig, studies: dict[str, Study], columns: dict[str, dict[str, Path]]) -> str:
@@ -289,5 +254,5 @@ def tables(cfg: AblateConfig, studies: dict[str, Study], columns: dict[str, dict
 
 def run_ablations(cfg: AblateConfig, studies: dict[str, Study]) -> str:
     stages, columns = plan(cfg, studies)
-    run_stages(stages, "ablate")
+    run_local(stages, "ablate")
     return tables(cfg, studies, columns)

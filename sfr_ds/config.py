@@ -36,6 +36,11 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 
+    @property
+    def appends_eos(self) -> bool:
+        """EOS is appended to every text: by default exactly when the last token is pooled."""
+        return self.pooling == "last" if self.append_eos is None else self.append_eos
+
 
 @dataclass
 class LoraConfig:
@@ -214,7 +219,7 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
             isinstance(w, (int, float)) and w >= 0,
             f"'data.dataset_weights.{name}' must be a number >= 0, got {w!r}",
         )
-    need(c.loss.temperature > 0, "'loss.temperature' must be > 0 (0.02 in the seed)")
+    need(c.loss.temperature > 0, "'loss.temperature' must be > 0 (0.02 in the SFR recipe)")
     need(c.gradcache.chunk_size >= 1, "'gradcache.chunk_size' must be >= 1")
     longest = max(c.data.query_max_len, c.data.doc_max_len)
     need(
@@ -226,13 +231,13 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
         not c.gradcache.packing or c.gradcache.enabled,
         "'gradcache.packing' needs gradcache.enabled=true (packing is how GradCache chunks are formed)",
     )
-    need(c.optim.lr > 0, "'optim.lr' must be > 0 (1e-5 in the seed)")
+    need(c.optim.lr > 0, "'optim.lr' must be > 0 (1e-5 in the SFR recipe)")
     need(c.optim.warmup_steps >= 0, "'optim.warmup_steps' must be >= 0")
     need(c.optim.grad_clip >= 0, "'optim.grad_clip' must be >= 0 (0 disables clipping)")
     need(c.optim.epochs >= 1, "'optim.epochs' must be >= 1")
     need(c.optim.max_steps is None or c.optim.max_steps >= 1, "'optim.max_steps' must be >= 1 or null")
     need(len(c.optim.betas) == 2, "'optim.betas' must be a list of two floats, e.g. [0.9, 0.999]")
-    need(c.lora.r >= 1, "'lora.r' must be >= 1 (8 in the seed)")
+    need(c.lora.r >= 1, "'lora.r' must be >= 1 (8 in the SFR recipe)")
     need(0 <= c.lora.dropout < 1, "'lora.dropout' must be in [0, 1)")
     need(c.run.save_every >= 1, "'run.save_every' must be >= 1 (steps between checkpoints)")
     need(c.run.keep_checkpoints >= 1, "'run.keep_checkpoints' must be >= 1")

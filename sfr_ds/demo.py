@@ -11,18 +11,15 @@ interruption continues where it stopped. On a machine with GPUs training uses al
 
 from __future__ import annotations
 
-import json
 import random
-import shlex
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import PROJECT_ROOT
 from .data.records import read_jsonl, write_jsonl
+from .pipeline import Stage, cli, eval_stage, mine_stage, run_local, train_stage, written
+from .run_dir import META
 
 BUNDLED = PROJECT_ROOT / "sfr_ds" / "resources" / "data"
 TRAIN_FILES = ("scifact_train.jsonl", "stsb_train.jsonl", "banking77_train.jsonl")
@@ -40,19 +37,6 @@ class DemoOptions:
     nproc: int | None = None  # default: every GPU, else 2 CPU ranks
     train_overrides: list[str] = field(default_factory=list)
     seed: int = 0
-
-
-@dataclass
-class Stage:
-    name: str
-    output: Path  # what the stage leaves behind (shown to the user)
-    done: Callable[[], bool]
-    command: list[str] | None = None  # run in a child process ...
-    call: Callable[[], None] | None = None  # ... or here
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sfr_ds.cli", *args]
 
 
 def _gpus() -> int:
@@ -78,12 +62,6 @@ def prepare(out: Path, per_dataset: int, seed: int, exclude: Path | None = None)
     write_jsonl(records, out)  # atomic: a finished file means a finished stage
 
 
-def eval_done(folder: Path) -> bool:
-    """Every task of the evaluation folder has its result (its summary names none missing)."""
-    summary = folder / "summary.json"
-    return summary.exists() and json.loads(summary.read_text())["missing"] == []
-
-
 def stages(out: Path, o: DemoOptions, gpus: int) -> list[Stage]:
     data, mined, run, merged = (
         out / "data" / "train.jsonl",
@@ -103,62 +81,31 @@ def stages(out: Path, o: DemoOptions, gpus: int) -> list[Stage]:
         Stage(
             "prepare the bundled training data",
             data,
-            data.exists,
+            written(data),
             call=lambda: prepare(data, o.records_per_dataset, o.seed),
         ),
-        Stage(
+        mine_stage(
             f"mine hard negatives with {o.teacher}",
+            data,
             mined,
-            mined.exists,
-            _cli(
-                "mine",
-                str(data),
-                "--corpus",
-                "from-records",
-                "--teacher",
-                o.teacher,
-                "--range",
-                str(o.window[0]),
-                str(o.window[1]),
-                "--k",
-                str(o.k),
-                "--out",
-                str(mined),
-            ),
+            o.teacher,
+            "--range",
+            o.window[0],
+            o.window[1],
+            "--k",
+            o.k,
         ),
-        Stage(
-            f"evaluate the untrained {base_model}",
-            out / "eval" / "before",
-            lambda: eval_done(out / "eval" / "before"),
-            _cli("eval", "run", base_model, "--output-dir", str(out / "eval" / "before"), *EVAL_ARGS),
-        ),
-        Stage(
-            f"train on {nproc} {'GPU' if gpus else 'CPU'} rank(s)",
-            run,
-            lambda: (run / "final" / "sfr_ds.json").exists(),
-            _cli(
-                "train",
-                o.config,
-                *train_overrides,
-                "--output-dir",
-                str(run),
-                "--resume",
-                "--nproc-per-node",
-                str(nproc),
-            ),
+        eval_stage(f"evaluate the untrained {base_model}", base_model, out / "eval" / "before", *EVAL_ARGS),
+        train_stage(
+            f"train on {nproc} {'GPU' if gpus else 'CPU'} rank(s)", o.config, run, train_overrides, nproc
         ),
         Stage(
             "merge the LoRA into full weights",
             merged,
-            lambda: (merged / "sfr_ds.json").exists(),
-            _cli("merge", str(run), "--out", str(merged)),
+            written(merged / META),  # sfr-ds merge builds the folder aside and renames it into place
+            cli("merge", run, "--out", merged),
         ),
-        Stage(
-            "evaluate the trained (merged) model",
-            out / "eval" / "after",
-            lambda: eval_done(out / "eval" / "after"),
-            _cli("eval", "run", str(merged), "--output-dir", str(out / "eval" / "after"), *EVAL_ARGS),
-        ),
+        eval_stage("evaluate the trained (merged) model", merged, out / "eval" / "after", *EVAL_ARGS),
     ]
 
 
@@ -179,26 +126,6 @@ def _base_model(config: str, overrides: list[str]) -> str:
     return model.get("name_or_path", ModelConfig.name_or_path)
 
 
-def run_stages(plan: list[Stage], what: str) -> None:
-    """Each stage in order, skipping finished ones; a failing stage stops with how to continue."""
-    start = time.time()
-    for n, stage in enumerate(plan, 1):
-        head = f"[{what} {n}/{len(plan)} {time.time() - start:5.0f}s] {stage.name}"
-        if stage.done():
-            print(f"{head}: done already ({stage.output})", flush=True)
-            continue
-        print(f"{head} -> {stage.output}", flush=True)
-        if stage.call:
-            stage.call()
-            continue
-        print("  $ " + shlex.join(stage.command), flush=True)
-        if subprocess.call(stage.command, cwd=PROJECT_ROOT) != 0:
-            raise RuntimeError(
-                f"{what} stage '{stage.name}' failed; fix the cause and run the same "
-                "command again to continue from this stage"
-            )
-
-
 def run_demo(out: str | Path, options: DemoOptions | None = None) -> str:
     """Run (or continue) the demo in ``out``; returns the before/after table (also in summary.md)."""
     from .eval.suite import compare, read_scores
@@ -206,7 +133,7 @@ def run_demo(out: str | Path, options: DemoOptions | None = None) -> str:
     o, out = options or DemoOptions(), Path(out).resolve()
     plan = stages(out, o, _gpus())
     start = time.time()
-    run_stages(plan, "demo")
+    run_local(plan, "demo")
     before, after = read_scores(out / "eval" / "before"), read_scores(out / "eval" / "after")
     before.label, after.label = "untrained", "trained"
     table = compare([before, after])

@@ -6,7 +6,6 @@ as training, so a teacher or an evaluated model sees texts the way the trained m
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,8 @@ from tqdm.auto import tqdm
 
 from .config import ModelConfig
 from .data.tokens import format_query, tokenize
-from .model import Embedder, append_eos, load_backbone, load_tokenizer
-
-META = "sfr_ds.json"
+from .model import Embedder, load_backbone, load_tokenizer
+from .run_dir import base_model_path, find_model_folder, is_adapter, read_meta
 
 
 @dataclass
@@ -27,25 +25,6 @@ class EncodeSettings:
     query_max_len: int = 128
     doc_max_len: int = 256
     batch_size: int = 32
-
-
-def encode_meta(cfg, base_dir: str | None) -> dict:
-    """``sfr_ds.json``: what ``TextEncoder.from_run`` needs to encode as training did.
-
-    ``cfg`` is the run's TrainConfig; ``base_dir`` locates a random-init base (relative to the folder).
-    """
-    return {
-        "base_model": cfg.model.name_or_path,
-        "random_init": cfg.model.random_init,
-        "base_model_dir": base_dir,
-        "pooling": cfg.model.pooling,
-        "normalize": cfg.model.normalize,
-        "append_eos": append_eos(cfg.model),
-        "query_max_len": cfg.data.query_max_len,
-        "doc_max_len": cfg.data.doc_max_len,
-        "dtype": cfg.model.dtype,
-        "lora": cfg.lora.enabled,
-    }
 
 
 class TextEncoder:
@@ -59,12 +38,12 @@ class TextEncoder:
     def from_model_config(
         cls, cfg: ModelConfig, query_max_len=128, doc_max_len=256, batch_size=32, device=None
     ) -> TextEncoder:
-        """A plain HF model (no adapter), e.g. ``ModelConfig(name_or_path='builtin:minilm', pooling='mean')``."""
+        """A plain HF model (no adapter), e.g. ``ModelConfig("builtin:minilm", pooling="mean")``."""
         embedder = Embedder(load_backbone(cfg), cfg.pooling, cfg.normalize)
         return cls(
             embedder,
             load_tokenizer(cfg),
-            EncodeSettings(append_eos(cfg), query_max_len, doc_max_len, batch_size),
+            EncodeSettings(cfg.appends_eos, query_max_len, doc_max_len, batch_size),
             device,
         )
 
@@ -72,31 +51,25 @@ class TextEncoder:
     def from_run(
         cls, path: str | Path, batch_size: int = 32, device=None, dtype: str | None = None
     ) -> TextEncoder:
-        """A run directory, its ``final`` adapter folder, an exported adapter or a merged model:
-        base model + PEFT adapter (or the merged weights), encoded as trained."""
-        from peft import PeftModel
-
-        final = Path(path)
-        if not (final / META).exists() and (final / "final" / META).exists():
-            final = final / "final"
-        if not (final / META).exists():
-            raise FileNotFoundError(f"{path}: no {META} (not an sfr-ds run or adapter folder)")
-        meta = json.loads((final / META).read_text())
+        """A run directory or any sfr-ds model folder (its ``final``, an exported adapter, a merged
+        model): the base model with the adapter applied, or the folder's own full weights,
+        encoded as trained."""
+        folder = find_model_folder(path)
+        meta = read_meta(folder)
+        adapter = is_adapter(folder)
         base = ModelConfig(
-            name_or_path=meta.get("base_model", str(final)),
+            name_or_path=base_model_path(folder, meta) if adapter else str(folder),
             pooling=meta["pooling"],
             normalize=meta["normalize"],
             append_eos=meta["append_eos"],
             dtype=dtype or meta["dtype"],
         )
-        if meta.get("merged"):
-            base.name_or_path = str(final)
-        elif meta.get("random_init"):
-            base.name_or_path = str((final / meta["base_model_dir"]).resolve())
         backbone = load_backbone(base)
-        if meta.get("lora", True) and not meta.get("merged"):
-            backbone = PeftModel.from_pretrained(backbone, str(final))
-        tokenizer = load_tokenizer(ModelConfig(name_or_path=str(final)))
+        if adapter:
+            from peft import PeftModel
+
+            backbone = PeftModel.from_pretrained(backbone, str(folder))
+        tokenizer = load_tokenizer(ModelConfig(name_or_path=str(folder)))
         settings = EncodeSettings(meta["append_eos"], meta["query_max_len"], meta["doc_max_len"], batch_size)
         return cls(Embedder(backbone, meta["pooling"], meta["normalize"]), tokenizer, settings, device)
 

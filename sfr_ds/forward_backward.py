@@ -9,8 +9,8 @@ GradCache (Gao et al., 2021) makes the loss over a huge batch cost the memory of
      the cached gradient with ``engine.backward``; only the last chunk is a gradient-accumulation
      boundary, so the caller takes a single optimizer step (ZeRO-2 still reduces gradients across
      ranks at every backward: every rank must run as many chunks as the others).
-Chunks are either ``chunk_size`` sequences padded to their longest, or (``chunk_tokens``) packed:
-sequences sorted by length and filled greedily into chunks of at most ``chunk_tokens`` real tokens,
+A ``ChunkPolicy`` makes the chunks: runs of ``size`` sequences padded to their longest, or packed:
+sequences sorted by length and filled greedily into chunks of at most ``tokens`` real tokens,
 each run as one row with attention kept per sequence, so nothing is computed on padding. Either
 way the embeddings are put back in the original order before the loss.
 The engine is used duck-typed (``engine(...)``, ``.backward``, ``.set_gradient_accumulation_boundary``)
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 
 from . import dist
+from .config import GradCacheConfig
+from .data.step_inputs import StepInputs
 from .data.tokens import Packed, Tokens, to_device
+from .loss import RowLoss
 
-# (queries [b, d] = local rows ``rows``, candidate documents [N, d], rows) -> those queries' share
-# of the mean local loss, so that the shares of all row blocks add up to the loss.
-LossFn = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 # Called with the local loss before any parameter gradient exists; False skips the backward (all
 # ranks must agree, so the gate is where the step's one collective happens).
 Gate = Callable[[torch.Tensor], bool]
@@ -80,38 +80,62 @@ def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return chunks
 
 
-def plan_chunks(
-    queries: Tokens, docs: Tokens, chunk_size: int, chunk_tokens: int | None
-) -> tuple[list[Chunk], list[Chunk]]:
-    """Query chunks and document chunks: runs of ``chunk_size`` padded sequences, or packed chunks
-    of <= ``chunk_tokens`` real tokens.
+@dataclass(frozen=True)
+class ChunkPolicy:
+    """How GradCache cuts one rank's sequences into chunks: runs of ``size`` sequences padded to
+    their longest, or (``tokens`` set: packing) chunks of at most ``tokens`` real tokens."""
 
-    Every rank must make as many ``engine.backward`` calls as the others (under ZeRO-2 each one
-    reduces gradients across ranks), so where packing leaves ranks with different chunk counts,
-    the fullest chunks are halved until every rank has as many as the rank with the most.
-    """
-    if chunk_tokens is None:
-        return _padded_chunks(queries, chunk_size), _padded_chunks(docs, chunk_size)
-    q_len, d_len = queries.lengths(), docs.lengths()
-    plan = [(True, r) for r in token_budget_chunks(q_len, chunk_tokens)]
-    plan += [(False, r) for r in token_budget_chunks(d_len, chunk_tokens)]
-    target = max(dist.all_gather_object(len(plan)))
-    while len(plan) < target:  # ranks hold equally many sequences, so a chunk of 2+ is always there
-        tokens = [sum((q_len if is_q else d_len)[i] for i in r) if len(r) > 1 else -1 for is_q, r in plan]
-        j = tokens.index(max(tokens))
-        is_q, r = plan[j]
-        plan[j : j + 1] = [(is_q, r[: len(r) // 2]), (is_q, r[len(r) // 2 :])]
-    return (
-        [Chunk(queries.pack(r), torch.tensor(r)) for is_q, r in plan if is_q],
-        [Chunk(docs.pack(r), torch.tensor(r)) for is_q, r in plan if not is_q],
-    )
+    size: int = 32
+    tokens: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: GradCacheConfig) -> ChunkPolicy | None:
+        """None when GradCache is off: the step runs as one forward and one backward."""
+        if not cfg.enabled:
+            return None
+        return cls(cfg.chunk_size, cfg.chunk_tokens if cfg.packing else None)
+
+    def describe(self, n_queries: int, n_docs: int) -> str:
+        if self.tokens is not None:
+            return f"packed chunks of <= {self.tokens} real tokens"
+        count = len(_runs(n_queries, self.size)) + len(_runs(n_docs, self.size))
+        return f"{count} chunks of <= {self.size} sequences per rank"
+
+    def plan(self, queries: Tokens, docs: Tokens) -> tuple[list[Chunk], list[Chunk]]:
+        """Query chunks and document chunks.
+
+        Every rank must make as many ``engine.backward`` calls as the others (under ZeRO-2 each one
+        reduces gradients across ranks), so where packing leaves ranks with different chunk counts,
+        the fullest chunks are halved until every rank has as many as the rank with the most.
+        """
+        if self.tokens is None:
+            return (
+                [
+                    Chunk(queries.slice(r.start, r.stop), torch.arange(r.start, r.stop))
+                    for r in _runs(len(queries), self.size)
+                ],
+                [
+                    Chunk(docs.slice(r.start, r.stop), torch.arange(r.start, r.stop))
+                    for r in _runs(len(docs), self.size)
+                ],
+            )
+        q_len, d_len = queries.lengths(), docs.lengths()
+        plan = [(True, r) for r in token_budget_chunks(q_len, self.tokens)]
+        plan += [(False, r) for r in token_budget_chunks(d_len, self.tokens)]
+        target = max(dist.all_gather_object(len(plan)))
+        while len(plan) < target:  # ranks hold equally many sequences, so a chunk of 2+ is always there
+            tokens = [sum((q_len if is_q else d_len)[i] for i in r) if len(r) > 1 else -1 for is_q, r in plan]
+            j = tokens.index(max(tokens))
+            is_q, r = plan[j]
+            plan[j : j + 1] = [(is_q, r[: len(r) // 2]), (is_q, r[len(r) // 2 :])]
+        return (
+            [Chunk(queries.pack(r), torch.tensor(r)) for is_q, r in plan if is_q],
+            [Chunk(docs.pack(r), torch.tensor(r)) for is_q, r in plan if not is_q],
+        )
 
 
-def _padded_chunks(tokens: Tokens, size: int) -> list[Chunk]:
-    return [
-        Chunk(tokens.slice(i, min(i + size, len(tokens))), torch.arange(i, min(i + size, len(tokens))))
-        for i in range(0, len(tokens), size)
-    ]
+def _runs(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _in_batch_order(embs: list[torch.Tensor], chunks: list[Chunk]) -> torch.Tensor:
@@ -128,12 +152,12 @@ def _in_chunk_order(grad: torch.Tensor, chunks: list[Chunk]) -> list[torch.Tenso
 
 
 def loss_and_grads(
-    loss_fn: LossFn, q: torch.Tensor, d: torch.Tensor, gather: bool, block_logits: int = LOSS_BLOCK_LOGITS
-):
+    loss: RowLoss, q: torch.Tensor, d: torch.Tensor, *, gather: bool, block_logits: int = LOSS_BLOCK_LOGITS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(local loss, d loss/d q, d loss/d d), one block of query rows at a time.
 
     The documents are gathered from all ranks once; each block's backward adds its share to the
-    gathered documents' gradient, and one backward through the gather (an all-reduce) returns
+    gathered documents' gradient, and one backward through the gather (a reduce-scatter) returns
     this rank's part.
     """
     d = d.detach().requires_grad_(True)
@@ -145,7 +169,7 @@ def loss_and_grads(
     for i in range(0, len(q), step):
         rows = slice(i, i + step)
         block = q[rows].detach().requires_grad_(True)
-        part = loss_fn(block, candidates, rows)
+        part = loss(block, candidates, rows)
         part.backward()
         q_grad[rows] = block.grad
         losses.append(part.detach())
@@ -153,52 +177,80 @@ def loss_and_grads(
     return torch.stack(losses).sum(), q_grad, d.grad
 
 
-def plain_backward(
-    engine, queries: Tokens, docs: Tokens, loss_fn: LossFn, gate: Gate = _always, gather: bool = False
+def forward_backward(
+    engine,
+    inputs: StepInputs,
+    loss: RowLoss,
+    *,
+    chunks: ChunkPolicy | None,
+    gate: Gate = _always,
+    check_replay: bool = False,
+) -> torch.Tensor:
+    """One step's gradients on the engine (no optimizer step): GradCache where ``chunks`` is given,
+    else one plain forward and backward. Returns this rank's loss."""
+    if chunks is None:
+        return plain_step(engine, inputs.queries, inputs.docs, loss, gather=inputs.gather, gate=gate)
+    return gradcache_step(
+        engine,
+        inputs.queries,
+        inputs.docs,
+        loss,
+        chunks=chunks,
+        gather=inputs.gather,
+        gate=gate,
+        check_replay=check_replay,
+    )
+
+
+def plain_step(
+    engine, queries: Tokens, docs: Tokens, loss: RowLoss, *, gather: bool, gate: Gate = _always
 ) -> torch.Tensor:
     """Forward the whole local batch with grad, then ``engine.backward``. Returns the local loss."""
     device = engine.device
     q = engine(**vars(queries.to(device)))
     d = engine(**vars(docs.to(device)))
-    loss = loss_fn(q, dist.gather_with_grad(d) if gather else d, slice(None))
-    if gate(loss.detach()):
-        engine.backward(loss)
-    return loss.detach()
+    value = loss(q, dist.gather_with_grad(d) if gather else d, slice(None))
+    if gate(value.detach()):
+        engine.backward(value)
+    return value.detach()
 
 
-def gradcache_backward(
+def gradcache_step(
     engine,
     queries: Tokens,
     docs: Tokens,
-    loss_fn: LossFn,
-    chunk_size: int,
-    check_replay: bool = False,
+    loss: RowLoss,
+    *,
+    chunks: ChunkPolicy,
+    gather: bool,
     gate: Gate = _always,
-    gather: bool = False,
-    chunk_tokens: int | None = None,
+    check_replay: bool = False,
 ) -> torch.Tensor:
-    """The same gradients as ``plain_backward`` with one chunk's activations alive at a time."""
+    """The same gradients as ``plain_step`` with one chunk's activations alive at a time.
+
+    ``check_replay`` asserts that each chunk's re-embedding equals its cached embedding (a test of
+    the RNG replay that costs a copy of the embeddings)."""
     device = engine.device
-    q_chunks, d_chunks = plan_chunks(queries, docs, chunk_size, chunk_tokens)
-    chunks = q_chunks + d_chunks
+    q_chunks, d_chunks = chunks.plan(queries, docs)
+    every = q_chunks + d_chunks
     states, cached = [], []
     with torch.no_grad():
-        for c in chunks:
+        for c in every:
             states.append(RngState())
             cached.append(engine(**vars(c.batch.to(device))))
     q = _in_batch_order(cached[: len(q_chunks)], q_chunks)
     d = _in_batch_order(cached[len(q_chunks) :], d_chunks)
     if not check_replay:
         cached = None  # free the per-chunk copies
-    loss, q_grad, d_grad = loss_and_grads(loss_fn, q, d, gather)
+    value, q_grad, d_grad = loss_and_grads(loss, q, d, gather=gather)
     del q, d
-    if not gate(loss):
-        return loss
+    if not gate(value):
+        return value
     grads = _in_chunk_order(q_grad, q_chunks) + _in_chunk_order(d_grad, d_chunks)
     del q_grad, d_grad
     after = RngState()
-    for j, (c, state, g) in enumerate(zip(chunks, states, grads)):
-        engine.set_gradient_accumulation_boundary(j == len(chunks) - 1)
+    for j, (c, state, g) in enumerate(zip(every, states, grads)):
+        engine.set_gradient_accumulation_boundary(j == len(every) - 1)
         state.restore()
         emb = engine(**vars(c.batch.to(device)))
         if check_replay:
@@ -212,4 +264,4 @@ def gradcache_backward(
         # d/dθ sum(emb * g) = g · d emb/dθ: the chain rule through the cached gradient
         engine.backward(torch.sum(emb * g))
     after.restore()
-    return loss
+    return value

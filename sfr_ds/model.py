@@ -166,7 +166,3 @@ def build_embedder(
     if lora_cfg is not None and lora_cfg.enabled:
         backbone = add_lora(backbone, lora_cfg)
     return Embedder(backbone, model_cfg.pooling, model_cfg.normalize)
-
-
-def append_eos(model_cfg: ModelConfig) -> bool:
-    return model_cfg.pooling == "last" if model_cfg.append_eos is None else model_cfg.append_eos

@@ -5,25 +5,22 @@ Every stage recognises its complete output and is skipped; the pipeline's state 
 stage) lives in ``<output_dir>/rounds.json``, so running the same command again after any failure
 submits only what is missing, and depends on jobs of earlier stages still queued or running.
 Jobs are chained with ``afterok`` and ``--kill-on-invalid-dep=yes``: a failed stage cancels its
-dependants instead of leaving them pending forever.
+dependants instead of leaving them pending forever. This module plans the stages;
+``sfr_ds.pipeline`` runs them, on Slurm or (``--local``) here as ``sfr-ds demo`` does.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import subprocess
-import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
+from . import pipeline
 from .config import PROJECT_ROOT, ConfigError, build_dataclass, resolve_path
-
-STAGES = ("mine", "train", "eval")
-ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+from .pipeline import Job, Stage, eval_stage, mine_stage, train_stage
 
 
 @dataclass
@@ -82,169 +79,60 @@ def round_dir(cfg: RoundsConfig, r: int) -> Path:
     return Path(cfg.output_dir) / f"round-{r}"
 
 
-def stage_complete(cfg: RoundsConfig, r: int, stage: str) -> bool:
-    """Mining and training outputs are written atomically; eval is done when every task is."""
+def state_file(cfg: RoundsConfig) -> Path:
+    """Each stage's latest Slurm job, by ``ROUND/STAGE``."""
+    return Path(cfg.output_dir) / "rounds.json"
+
+
+def stages(cfg: RoundsConfig, nproc: int = 1) -> list[Stage]:
+    """Every round's mine -> train -> eval, in order (``nproc``: training ranks when run here)."""
+    return [stage for r in range(1, cfg.rounds + 1) for stage in round_stages(cfg, r, nproc)]
+
+
+def round_stages(cfg: RoundsConfig, r: int, nproc: int) -> list[Stage]:
     d = round_dir(cfg, r)
-    if stage == "mine":
-        return (d / "mined.jsonl").exists()
-    if stage == "train":
-        return (d / "train" / "final" / "sfr_ds.json").exists()
-    from .eval.runner import Manifest, is_done
-
-    try:
-        manifest = Manifest.load(d / "eval")
-    except FileNotFoundError:
-        return False
-    return all(is_done(d / "eval", manifest, t.name) for t in manifest.tasks)
-
-
-def commands(cfg: RoundsConfig, r: int) -> dict[str, list[str]]:
-    d = round_dir(cfg, r)
+    mined, run = d / "mined.jsonl", d / "train"
     teacher = cfg.teacher if r == 1 else f"self:{round_dir(cfg, r - 1) / 'train'}"
-    py = [sys.executable, "-m", "sfr_ds.cli"]
-    return {
-        "mine": py
-        + [
-            "mine",
-            cfg.train_input,
-            "--corpus",
-            cfg.corpus,
-            "--teacher",
-            teacher,
-            "--out",
-            str(d / "mined.jsonl"),
-            "--no-progress",
-            *map(str, cfg.mine_args),
-        ],
-        "train": [
-            cfg.train_config,
-            "--output-dir",
-            str(d / "train"),
-            f"data.train_files=[{d / 'mined.jsonl'}]",
-            *map(str, cfg.train_overrides),
-        ],
-        "eval": py
-        + [
-            "eval",
-            str(d / "train"),
-            "--output-dir",
-            str(d / "eval"),
-            "--no-progress",
-            *map(str, cfg.eval_args),
-        ],
-    }
+    overrides = [f"data.train_files=[{mined}]", *map(str, cfg.train_overrides)]
+    mine = mine_stage(
+        f"round {r} mine",
+        cfg.train_input,
+        mined,
+        teacher,
+        "--no-progress",
+        *map(str, cfg.mine_args),
+        corpus=cfg.corpus,
+    )
+    train = train_stage(f"round {r} train", cfg.train_config, run, overrides, nproc)
+    evaluate = eval_stage(f"round {r} eval", run, d / "eval", "--no-progress", *map(str, cfg.eval_args))
+    # on Slurm the training script starts the ranks itself (srun) and resumes a requeued job
+    script = [cfg.train_script, cfg.train_config, "--output-dir", str(run), *overrides]
+    return [
+        _on_slurm(mine, cfg, r, "mine"),
+        _on_slurm(train, cfg, r, "train", script),
+        _on_slurm(evaluate, cfg, r, "eval"),
+    ]
 
 
-class Pipeline:
-    def __init__(self, cfg: RoundsConfig, env: dict | None = None):
-        self.cfg, self.env = cfg, dict(env or os.environ)
-        self.state_path = Path(cfg.output_dir) / "rounds.json"
-        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+def _on_slurm(stage: Stage, cfg: RoundsConfig, r: int, kind: str, script: list[str] | None = None) -> Stage:
+    """The stage's job: named by round and stage, logged to ``round-R/logs``, with its resources."""
+    log = round_dir(cfg, r) / "logs" / f"{kind}-%j.out"
+    options = [str(o) for o in getattr(cfg.slurm, kind)]
+    return replace(stage, job=Job(f"{r}/{kind}", f"sfr-{kind}-r{r}", log, options, script))
 
-    def _save(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        os.replace(tmp, self.state_path)
 
-    def done(self, r: int, stage: str) -> bool:
-        return stage_complete(self.cfg, r, stage)
+# ----------------------------------------------------------------------------- running
 
-    # ------------------------------------------------------------------ slurm
-    def job_state(self, job: str) -> str:
-        p = subprocess.run(
-            ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=self.env, timeout=60
-        )
-        return p.stdout.strip() or "ENDED"
 
-    def _sbatch(self, args: list[str]) -> str:
-        p = subprocess.run(
-            ["sbatch", "--parsable", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=60,
-            cwd=PROJECT_ROOT,
-        )
-        if p.returncode != 0:
-            raise RuntimeError(f"sbatch {' '.join(args)} failed: {p.stderr.strip()}")
-        return p.stdout.strip().split(";")[0]
+def submit(cfg: RoundsConfig, env: Mapping[str, str] | None = None) -> list[str]:
+    """Submit every incomplete stage not already queued; returns lines describing what happened."""
+    return pipeline.submit(stages(cfg), state_file(cfg), env)
 
-    def submit(self) -> list[str]:
-        """Submit every incomplete stage not already queued; returns lines describing what happened."""
-        report, previous = [], None
-        for r in range(1, self.cfg.rounds + 1):
-            logs = round_dir(self.cfg, r) / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            cmds = commands(self.cfg, r)
-            for stage in STAGES:
-                key = f"{r}/{stage}"
-                if self.done(r, stage):
-                    report.append(f"round {r} {stage}: complete, skipped")
-                    previous = None
-                    continue
-                job = self.state.get(key)
-                if job and self.job_state(job) in ACTIVE:
-                    report.append(f"round {r} {stage}: job {job} still {self.job_state(job).lower()}")
-                    previous = job
-                    continue
-                args = [
-                    f"--job-name=sfr-{stage}-r{r}",
-                    f"--output={logs}/{stage}-%j.out",
-                    *getattr(self.cfg.slurm, stage),
-                ]
-                if previous:
-                    args += [f"--dependency=afterok:{previous}", "--kill-on-invalid-dep=yes"]
-                if stage == "train":
-                    args += [self.cfg.train_script, *cmds["train"]]
-                else:
-                    args += ["--wrap", "srun " + shlex.join(cmds[stage])]
-                previous = self._sbatch(args)
-                self.state[key] = previous
-                self._save()
-                report.append(f"round {r} {stage}: submitted job {previous}")
-        return report
 
-    def status(self) -> list[str]:
-        lines = []
-        for r in range(1, self.cfg.rounds + 1):
-            for stage in STAGES:
-                job = self.state.get(f"{r}/{stage}")
-                if self.done(r, stage):
-                    what = "complete"
-                elif job and (s := self.job_state(job)) in ACTIVE:
-                    what = f"job {job} {s.lower()}"
-                elif job:
-                    logs = round_dir(self.cfg, r) / "logs"
-                    what = f"job {job} ended without its output: failed or cancelled (see {logs})"
-                else:
-                    what = "not submitted"
-                lines.append(f"round {r} {stage}: {what}")
-        return lines
+def status(cfg: RoundsConfig, env: Mapping[str, str] | None = None) -> list[str]:
+    return pipeline.status(stages(cfg), state_file(cfg), env)
 
-    # ------------------------------------------------------------------ local
-    def run_local(self, nproc: int = 1) -> list[str]:
-        """The same stages one after another on this machine (no Slurm)."""
-        report = []
-        for r in range(1, self.cfg.rounds + 1):
-            cmds = commands(self.cfg, r)
-            for stage in STAGES:
-                if self.done(r, stage):
-                    report.append(f"round {r} {stage}: complete, skipped")
-                    continue
-                cmd = cmds[stage]
-                if stage == "train":
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "sfr_ds.cli",
-                        "train",
-                        *cmd,
-                        "--resume",
-                        "--nproc-per-node",
-                        str(nproc),
-                    ]
-                if subprocess.call(cmd, env=self.env, cwd=PROJECT_ROOT) != 0:
-                    raise RuntimeError(f"round {r} {stage} failed: {shlex.join(cmd)}")
-                report.append(f"round {r} {stage}: done")
-        return report
+
+def run_local(cfg: RoundsConfig, nproc: int = 1, env: Mapping[str, str] | None = None) -> None:
+    """The same stages one after another on this machine (no Slurm)."""
+    pipeline.run_local(stages(cfg, nproc), "rounds", env)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_json, sha256_files, sha256_text
+from .io import atomic_write_json, new_folder, sha256_files, sha256_text
 
 META = "sfr_ds.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -34,7 +34,7 @@ TAG_PREFIX = "step-"
 COMPLETE = "complete.json"
 
 
-class RunDirError(RuntimeError):
+class RunDirError(ValueError):
     """A folder that is not what a command needs; the message names it and the fix."""
 
 
@@ -107,6 +107,85 @@ class RunDir:
         return self.metrics_file.exists() or self.checkpoints.exists() or self.final.exists()
 
 
+@dataclass(frozen=True)
+class Start:
+    """How a training run begins in its folder."""
+
+    tag: str | None = None  # the checkpoint to resume from; None: from step 0
+    finished: bool = False  # the run already wrote final/: nothing to do
+    note: str | None = None  # what to tell the user about this choice
+
+
+def plan_start(run: RunDir, resume: bool, save_every: int) -> Start:
+    """Resume, start, or leave alone; refuse whatever would overwrite a user's results.
+
+    A finished run is never trained again (with ``--resume``, as a requeued finished Slurm job
+    does, it is a no-op). Without ``--resume`` a folder that holds any run state is refused. With
+    it, the newest complete checkpoint is taken; with none, training starts over only if no
+    checkpoint can ever have existed (the run stopped before its first save), since steps are
+    deterministic and nothing would be lost.
+    """
+    if run.finished():
+        if resume:
+            return Start(finished=True, note=f"{run.root} is finished ({run.final}); nothing to do")
+        raise RunDirError(f"{run.root} holds a finished run ({run.final}); choose another --output-dir")
+    if not resume:
+        if run.has_state():
+            raise RunDirError(
+                f"{run.root} already holds a run ({_state_of(run)}); pass --resume to continue it "
+                "or choose another --output-dir"
+            )
+        return Start()
+    tag = run.latest_tag()
+    if tag is not None:
+        return Start(tag)
+    last = last_logged_step(run)
+    if run.final.exists() or run.checkpoints.exists() or last >= save_every:
+        raise RunDirError(
+            f"{run.root} holds {_state_of(run)} but no complete checkpoint to resume from; training "
+            "again would overwrite it. Choose another --output-dir, or remove the folder to start over"
+        )
+    return Start(note=f"--resume: no checkpoint in {run.root} yet; starting from step 1")
+
+
+def _state_of(run: RunDir) -> str:
+    parts = [
+        p.name + ("/" if p.is_dir() else "")
+        for p in (run.metrics_file, run.checkpoints, run.final)
+        if p.exists()
+    ]
+    return ", ".join(parts)
+
+
+def last_logged_step(run: RunDir) -> int:
+    """The highest step in metrics.jsonl (0 if none); a line cut short by a kill is ignored."""
+    import json
+
+    last = 0
+    if run.metrics_file.exists():
+        for line in run.metrics_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                last = max(last, int(json.loads(line)["step"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return last
+
+
+def config_changes(saved: dict, given: dict, prefix: str = "") -> list[str]:
+    """Dotted fields that differ between two config dicts (``run.output_dir`` never counts: a run
+    folder may be moved or copied and resumed where it now lies)."""
+    out = []
+    for k in sorted(set(saved) | set(given)):
+        a, b = saved.get(k), given.get(k)
+        if f"{prefix}{k}" == "run.output_dir":
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} ({a!r} -> {b!r})")
+    return out
+
+
 # ----------------------------------------------------------------------------- model folders
 
 
@@ -151,15 +230,13 @@ def write_meta(folder: Path, meta: dict[str, Any]) -> None:
 def encode_meta(cfg, base_dir: str | None) -> dict[str, Any]:
     """``sfr_ds.json`` of an adapter: how to encode as training did (``cfg`` is the run's
     TrainConfig; ``base_dir`` locates a random-init base, relative to the folder)."""
-    from .model import append_eos
-
     return {
         "base_model": cfg.model.name_or_path,
         "random_init": cfg.model.random_init,
         "base_model_dir": base_dir,
         "pooling": cfg.model.pooling,
         "normalize": cfg.model.normalize,
-        "append_eos": append_eos(cfg.model),
+        "append_eos": cfg.model.appends_eos,
         "query_max_len": cfg.data.query_max_len,
         "doc_max_len": cfg.data.doc_max_len,
         "dtype": cfg.model.dtype,
@@ -167,9 +244,20 @@ def encode_meta(cfg, base_dir: str | None) -> dict[str, Any]:
     }
 
 
+def write_model_folder(out: Path, model, state_dict, tokenizer, meta: dict[str, Any]) -> Path:
+    """``model.save_pretrained`` (a PEFT model writes its adapter; ``state_dict`` None: its own
+    weights), the tokenizer and ``sfr_ds.json``, built aside and renamed into place at once: a
+    kill leaves no folder, never new weights beside old metadata. ``out`` must not hold files."""
+    with new_folder(out) as part:
+        model.save_pretrained(str(part), state_dict=state_dict)
+        tokenizer.save_pretrained(str(part))
+        write_meta(part, meta)
+    return Path(out)
+
+
 def base_dir_for(folder: Path, run: RunDir) -> str:
     """``base_model_dir`` of a model folder whose base is ``run``'s random-init copy (relative)."""
-    return os.path.relpath(run.base_model, Path(folder).resolve())
+    return os.path.relpath(run.base_model.resolve(), Path(folder).resolve())
 
 
 def base_model_path(folder: Path, meta: dict[str, Any]) -> str:

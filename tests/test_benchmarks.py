@@ -4,11 +4,12 @@ script) and its Mistral-7B shape is Mistral-7B's."""
 import json
 import sys
 
+import pytest
 import torch
+import train_step
 from conftest import ROOT, run
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import train_step
+pytestmark = pytest.mark.integration
 
 
 def test_mistral_7b_shape_has_mistral_7b_parameter_count():

@@ -58,7 +58,7 @@ def test_sfr_recipe_config_matches_the_seed():
 
 
 def test_deepspeed_json_must_agree(tmp_path):
-    from sfr_ds.engine import ds_config
+    from sfr_ds.engine.training import ds_config
 
     bad = tmp_path / "ds.json"
     bad.write_text(
@@ -74,13 +74,14 @@ def test_deepspeed_json_must_agree(tmp_path):
 
 
 def test_linear_warmup_then_decay_to_zero():
-    from sfr_ds.engine import linear_schedule
+    from sfr_ds.engine.training import linear_schedule
 
     f = linear_schedule(100, 1000)
     assert f(0) == pytest.approx(0.01) and f(99) == pytest.approx(1.0)
     assert f(100) == pytest.approx(1.0) and f(550) == pytest.approx(0.5) and f(1000) == 0.0
 
 
+@pytest.mark.integration
 def test_cli_prints_all_problems():
     p = subprocess.run(
         [

@@ -20,6 +20,8 @@ from sfr_ds.demo import BUNDLED as TRAIN_BUNDLE
 from sfr_ds.demo import TRAIN_FILES
 from sfr_ds.eval.suite import BUNDLED
 
+pytestmark = pytest.mark.integration
+
 MINILM_TRAIN = {
     "model": {"name_or_path": "builtin:minilm", "pooling": "mean", "dtype": "fp32"},
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0},

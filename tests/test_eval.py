@@ -8,9 +8,9 @@ evaluation reads texts (instructions, EOS, pooling) exactly as the model was tra
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,10 @@ from sfr_ds.eval.runner import Manifest, embedding_cache
 SCIFACT_INSTRUCTION = "Given a scientific claim, retrieve documents that support or refute the claim"
 STS_INSTRUCTION = "Retrieve semantically similar text."  # mteb's default for STS tasks
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not present")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not present"),
+]
 
 
 # ----------------------------------------------------------------------------- small data
@@ -164,28 +167,10 @@ def mini(tmp_path_factory) -> Path:
     return mini_data_root(tmp_path_factory.mktemp("mini-data"))
 
 
-def repair_random_base(run: Path) -> None:
-    """sfr_ds/train.py saves a random-init base *after* LoRA injection (keys ``*.base_layer.weight``
-    and ``lora_*``), so every load re-randomises the linear layers and no two processes see the
-    same model. Rewrite the file the way it should have been written; a no-op once train.py is
-    fixed."""
-    from safetensors.torch import load_file, save_file
-
-    path = run / "base_model" / "model.safetensors"
-    state = load_file(path)
-    if any(".base_layer." in k for k in state):
-        save_file(
-            {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k},
-            path,
-            metadata={"format": "pt"},
-        )
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-run")
     sfr_ds("train", TINY, "optim.max_steps=2", "--output-dir", out)
-    repair_random_base(out)
     return out
 
 
@@ -255,7 +240,8 @@ def test_rerun_skips_finished_tasks(minilm_published, cache_dir):
         minilm_published / "model_settings.json"
     ]
     before = {p: p.stat().st_mtime_ns for p in files}
-    start = time.time()
+    shards = sorted(cache_dir.rglob("*.keys"))
+    assert shards
     p = eval_cli(
         "builtin:minilm",
         "--tasks",
@@ -268,7 +254,24 @@ def test_rerun_skips_finished_tasks(minilm_published, cache_dir):
     assert p.stdout.count("done already, skipped") == 2
     # results untouched, and the model not even loaded (model_settings.json is written on load)
     assert {q: q.stat().st_mtime_ns for q in files} == before
-    assert time.time() - start < 60
+    assert sorted(cache_dir.rglob("*.keys")) == shards  # nothing encoded: no new cache shard
+
+
+def test_fingerprint_follows_a_runs_content_not_its_place(tiny_run, tmp_path):
+    """A copied run keeps its fingerprint (its results and cached embeddings stay valid), whether
+    named by its folder or its final/; new adapter weights change it."""
+    from sfr_ds.eval.models import fingerprint
+
+    copy = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    original = fingerprint(ModelSpec(str(tiny_run)))
+    assert fingerprint(ModelSpec(str(copy))) == original
+    assert fingerprint(ModelSpec(str(copy / "final"))) == original
+    (adapter,) = (copy / "final").glob("adapter_model.*")
+    data = bytearray(adapter.read_bytes())
+    data[-1] ^= 1
+    adapter.write_bytes(bytes(data))
+    assert fingerprint(ModelSpec(str(copy))) != original
 
 
 def test_instructions_reach_queries_only_and_eval_equals_training_encode(tiny_run, mini, cache_dir, tmp_path):

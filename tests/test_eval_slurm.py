@@ -17,7 +17,10 @@ from slurm_cluster import cluster_fixture
 from test_eval import mini_beir
 
 cluster = cluster_fixture(scope="module")
-pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not present")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not present"),
+]
 
 SUBMIT_LIGHT = """
 import sys

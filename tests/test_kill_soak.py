@@ -17,7 +17,7 @@ import pytest
 from conftest import read_metrics, sfr_ds
 from test_resume import ARGS, assert_same_run, orphans, start
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TRIALS = int(os.environ.get("SFR_DS_SOAK_TRIALS", "20"))
 
 

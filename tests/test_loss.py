@@ -12,7 +12,7 @@ from conftest import free_port
 
 from sfr_ds.data.batch import NegativeDrawer, allowed_mask, build_text_batch
 from sfr_ds.data.records import Record
-from sfr_ds.loss import contrastive_logits, contrastive_loss
+from sfr_ds.loss import InfoNCE
 
 
 def rec(q, pos, neg, task="retrieval", ds="d"):
@@ -46,7 +46,7 @@ def test_own_negatives_scores_only_own_documents():
     assert not batch.needs_gather()
     allowed = allowed_mask(batch, slice(0, 6), mask_duplicates=True)
     q, docs = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(18, 8), dim=-1)
-    logits = contrastive_logits(q, docs, allowed, 0.02)
+    logits = InfoNCE(0.02).logits(q, docs, allowed)
     for i in range(6):
         own = set(range(3 * i, 3 * i + 3))
         finite = {j for j in range(18) if torch.isfinite(logits[i, j])}
@@ -54,7 +54,7 @@ def test_own_negatives_scores_only_own_documents():
     # moving every other example's documents leaves a query's logits unchanged
     docs2 = docs.clone()
     docs2[3:] = F.normalize(torch.randn(15, 8), dim=-1)
-    torch.testing.assert_close(contrastive_logits(q, docs2, allowed, 0.02)[0, :3], logits[0, :3])
+    torch.testing.assert_close(InfoNCE(0.02).logits(q, docs2, allowed)[0, :3], logits[0, :3])
 
 
 def test_in_batch_loss_matches_reference_and_masks_duplicates():
@@ -76,7 +76,7 @@ def test_in_batch_loss_matches_reference_and_masks_duplicates():
     assert plain.all()
     q, docs = F.normalize(torch.randn(4, 16), dim=-1), F.normalize(torch.randn(8, 16), dim=-1)
     positive = torch.arange(4) * 2
-    got = contrastive_loss(q, docs, positive, torch.from_numpy(allowed), 0.05)
+    got = InfoNCE(0.05)(q, docs, positive, torch.from_numpy(allowed))
     assert float(got) == pytest.approx(reference_loss(q, docs, positive, allowed, 0.05), rel=1e-5)
 
 
@@ -113,8 +113,8 @@ def _gather_worker(rank, world, port, out):
     q, d = x[rank * 2 : (rank + 1) * 2] @ w, x[world * 2 + rank * 2 : world * 2 + (rank + 1) * 2] @ w
     docs = dist.gather_with_grad(d)
     allowed = torch.ones(2, docs.size(0), dtype=torch.bool)
-    loss = contrastive_loss(
-        F.normalize(q, dim=-1), F.normalize(docs, dim=-1), torch.arange(2) + 2 * rank, allowed, 0.1
+    loss = InfoNCE(0.1)(
+        F.normalize(q, dim=-1), F.normalize(docs, dim=-1), torch.arange(2) + 2 * rank, allowed
     )
     loss.backward()
     grad = dist.all_reduce_sum(w.grad) / world  # what DeepSpeed's gradient averaging does
@@ -123,6 +123,7 @@ def _gather_worker(rank, world, port, out):
     dist.cleanup()
 
 
+@pytest.mark.integration
 def test_gather_with_grad_equals_single_process():
     """Real gloo processes: the cross-rank loss gradient equals one process on the whole batch."""
     world = 2
@@ -130,12 +131,8 @@ def test_gather_with_grad_equals_single_process():
     w = torch.randn(8, 8, requires_grad=True)
     x = torch.randn(world * 4, 8)
     q, d = x[: world * 2] @ w, x[world * 2 :] @ w
-    loss = contrastive_loss(
-        F.normalize(q, dim=-1),
-        F.normalize(d, dim=-1),
-        torch.arange(4),
-        torch.ones(4, 4, dtype=torch.bool),
-        0.1,
+    loss = InfoNCE(0.1)(
+        F.normalize(q, dim=-1), F.normalize(d, dim=-1), torch.arange(4), torch.ones(4, 4, dtype=torch.bool)
     )
     loss.backward()
     port = free_port()

@@ -5,7 +5,7 @@ import torch
 from conftest import TINY
 
 from sfr_ds.config import load_config
-from sfr_ds.train import memory_advice
+from sfr_ds.guards import memory_advice
 
 
 def too_big():

@@ -20,6 +20,8 @@ import yaml
 from conftest import ROOT, TINY, free_port, proc_env
 from safetensors.torch import load_file, save_file
 
+pytestmark = pytest.mark.integration
+
 STEPS, MID = 4, 2  # checkpoints at steps 2 and 4; step 2 is the mid-run one
 QUERIES = [
     "a man eats food",
@@ -66,7 +68,8 @@ def training(root: Path, name: str, base: Path) -> list:
         "--nnodes=1",
         "--master-addr=127.0.0.1",
         f"--master-port={free_port()}",
-        ROOT / "tests" / "export_worker.py",
+        ROOT / "tests" / "train_worker.py",
+        "weights",
         TINY,
         root / f"{name}.pt",
         "model.random_init=null",
@@ -269,7 +272,8 @@ def test_merge_fails_above_tolerance(cli):
 
 def test_verification_catches_a_wrong_merge(runs, merged, tmp_path):
     """The check has teeth: the merged model against an adapter it was not merged from."""
-    from sfr_ds.merge import DEFAULT_INSTRUCTION, verify
+    from sfr_ds.merge import DEFAULT_INSTRUCTION
+    from sfr_ds.merge.probes import verify
 
     other = shutil.copytree(runs["zero2"][0] / "final", tmp_path / "other")
     weights = load_file(other / "adapter_model.safetensors")
@@ -284,7 +288,7 @@ def test_fan_in_fan_out_rslora_and_patterns_equal_peft(tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import GPT2Config, GPT2Model
 
-    from sfr_ds.merge import merge_weights
+    from sfr_ds.merge.shards import merge_weights
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64)

@@ -28,6 +28,8 @@ from sfr_ds.data.records import read_jsonl
 from sfr_ds.data.tokens import format_query
 from sfr_ds.encode import TextEncoder
 
+pytestmark = pytest.mark.integration
+
 SCIFACT = SHARED_DATA / "scifact"
 N_QUERIES, N_DOCS, DOC_LEN, SHARD = 150, 400, 64, 20
 WINDOW, K = (30, 100), 7

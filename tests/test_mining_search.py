@@ -8,6 +8,7 @@ import pytest
 from sfr_ds.mining.bm25 import BM25Scorer
 from sfr_ds.mining.search import search, topk_rows
 from sfr_ds.mining.select import retrieval_depth, select_negatives
+from sfr_ds.mining.teachers import BM25Rank
 
 
 def brute_topk(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +117,25 @@ def test_bm25_deterministic_and_unknown_query():
     assert ids.shape == (3, 5)  # k clipped to the corpus
     np.testing.assert_array_equal(ids[1], np.arange(5))  # all zero: lower id first
     np.testing.assert_array_equal(scores[2], 0)  # stopword-only query
+
+
+def test_bm25_rank_orders_by_score_drops_non_matches_and_scores_positives():
+    """BM25Rank (the bm25 teacher mining calls) against a brute-force ranking of the full score
+    rows: best first, ties to the lower id, documents sharing no word with the query absent (-1),
+    and each query's best score among its positives."""
+    queries = ["cat in the park", "fermentation yeast", "xyzzy"]
+    positives = [{3}, {4, 0}, set()]
+    got = BM25Rank().rank(queries, ["an instruction"] * 3, DOCS, positives, depth=4)
+    full = BM25Scorer(DOCS).scores(queries)
+    for i in range(len(queries)):
+        order = sorted(range(len(DOCS)), key=lambda d: (-full[i, d], d))[:4]
+        expected = [d if full[i, d] > 0 else -1 for d in order]
+        assert got.ids[i].tolist() == expected
+        np.testing.assert_allclose(got.scores[i], full[i, order], rtol=1e-6)
+    assert got.positive_scores[0] == pytest.approx(full[0, 3])
+    assert got.positive_scores[1] == pytest.approx(max(full[1, 4], full[1, 0]))
+    assert got.positive_scores[2] is None
+    assert (got.ids[2] == -1).all()  # no known word: nothing is a candidate
 
 
 # --- select_negatives -----------------------------------------------------------------------

@@ -32,11 +32,27 @@ def test_next_step_is_made_while_the_caller_works_on_this_one():
         started[step].set()
         return step
 
-    for step, _, waited in prefetched(make, range(3)):
-        assert waited >= 0
+    for step, _, _ in prefetched(make, range(3)):
         if step + 1 < 3:
             assert started[step + 1].wait(GUARD), f"make({step + 1}) did not run during step {step}"
     assert all(t is not threading.main_thread() for t in threads.values())
+
+
+def test_waited_is_the_time_the_caller_was_blocked():
+    """make(1) cannot finish until 0.3 s after the caller asks for it: the caller waited that long."""
+    release = threading.Event()
+
+    def make(step):
+        if step == 1:
+            assert release.wait(GUARD)
+        return step
+
+    waits = {}
+    for step, _, waited in prefetched(make, range(3)):
+        waits[step] = waited
+        if step == 0:
+            threading.Timer(0.3, release.set).start()
+    assert waits[1] >= 0.3 > waits[0]
 
 
 def test_an_error_surfaces_at_its_own_step():

@@ -9,9 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import sfr_ds
 
 from sfr_ds.data.prepare import INSTRUCTIONS, from_beir, from_labelled, from_sts
 from sfr_ds.data.records import RecordError, read_jsonl
+from sfr_ds.data.sources import SourceArgsError, SourcesError, convert_all, gather, sources_from_yaml
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUNDLE = Path(__file__).resolve().parents[1] / "sfr_ds" / "resources" / "data"
@@ -175,6 +177,49 @@ def test_from_labelled_label_text_and_task_type(tmp_path):
         from_labelled(path, "x", "inst", task_type="retrieval", text_field="sentence", label_field="topic")
     with pytest.raises(RecordError, match="lacks column"):
         from_labelled(path, "x", "inst")
+
+
+# --- sources (sfr-ds prepare) ---------------------------------------------------------------
+
+
+def test_sources_yaml_lists_every_problem_at_once(tmp_path):
+    spec = tmp_path / "sources.yaml"
+    spec.write_text("colour: red\nsources:\n  - {beir: x, bogus: 1}\n  - {sts: a.csv, labelled: b.csv}\n")
+    with pytest.raises(SourcesError) as e:
+        sources_from_yaml(str(spec))
+    assert str(e.value).splitlines() == [
+        f"{spec}:",
+        "  - unknown top-level key 'colour' (expected sources, instructions)",
+        "  - source 1 (beir): unknown key(s) ['bogus']; allowed: ['split', 'dataset', 'instruction']",
+        "  - source 1 (beir): missing key(s) ['split', 'dataset']",
+        "  - source 2: needs exactly one of ['beir', 'sts', 'labelled'], got {'sts': 'a.csv', 'labelled': "
+        "'b.csv'}",
+    ]
+
+
+def test_sources_read_relative_paths_from_the_yaml_and_take_instruction_overrides(tmp_path):
+    (tmp_path / "l.csv").write_text("text,category\nhello,a\nbye,b\n", encoding="utf-8")
+    spec = tmp_path / "sub" / "sources.yaml"
+    spec.parent.mkdir()
+    spec.write_text("instructions: {x: from yaml}\nsources:\n  - {labelled: ../l.csv, dataset: x}\n")
+    sources, instructions = gather(str(spec), {}, ("x=from cli",))
+    reports: list[str] = []
+    records = convert_all(sources, instructions, reports.append)
+    assert Path(sources[0].path).resolve() == (tmp_path / "l.csv").resolve()
+    assert [r.instruction for r in records] == ["from cli", "from cli"] and len(reports) == 1
+    with pytest.raises(SourceArgsError, match="DATASET=TEXT"):
+        gather(str(spec), {}, ("no-equals-sign",))
+
+
+@pytest.mark.integration
+def test_prepare_cli_shows_library_errors_as_one_clean_error(tmp_path):
+    spec = tmp_path / "sources.yaml"
+    spec.write_text("sources: []\n")
+    p = sfr_ds("prepare", spec, "--out", tmp_path / "o.jsonl", check=False)
+    assert p.returncode == 1 and p.stderr == f"Error: {spec}:\n  - no sources listed\n"
+    p = sfr_ds("prepare", "--sts", spec, "--labelled", spec, "--out", tmp_path / "o.jsonl", check=False)
+    assert p.returncode == 2 and "name one source on the command line" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 # --- bundled data ---------------------------------------------------------------------------

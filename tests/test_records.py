@@ -67,6 +67,7 @@ def test_parquet_rows_are_checked_with_their_row_number(tmp_path):
     assert load_records(str(path))[0].query == "q"
 
 
+@pytest.mark.integration
 def test_training_stops_on_a_bad_line_naming_it(tmp_path):
     import subprocess
     import sys

@@ -14,7 +14,7 @@ from conftest import ROOT, proc_env
 from slurm_cluster import cluster_fixture
 from test_slurm_train import SHRINK, wait_until
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 cluster = cluster_fixture(partitions=("gpu", "debug"))
 ONE_CPU = ["--ntasks=1", "--cpus-per-task=1", "--mem=2G", "--time=20"]
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+from sfr_ds.config import TrainConfig
 from sfr_ds.data.sampler import BatchPlan
+from sfr_ds.data.step_inputs import rank_rows
 
 GROUPS = {"a": list(range(0, 50)), "b": list(range(50, 130)), "c": list(range(130, 142))}
 OWNER = {i: name for name, idx in GROUPS.items() for i in idx}
@@ -16,7 +18,8 @@ def plan(**kw):
 
 
 def test_homogeneous_batches_come_from_one_dataset_and_split_over_ranks():
-    p = plan()
+    p, cfg = plan(), TrainConfig()
+    cfg.data.global_batch_size = 16
     assert p.steps_per_epoch == 50 // 16 + 80 // 16  # 'c' (12 records) cannot fill a batch
     assert p.never_drawn() == {"c": 12}
     seen = []
@@ -24,7 +27,7 @@ def test_homogeneous_batches_come_from_one_dataset_and_split_over_ranks():
         b = p.batch(step)
         assert len(b.indices) == 16
         assert {OWNER[int(i)] for i in b.indices} == {b.dataset}
-        shards = [b.shard(r, 4) for r in range(4)]
+        shards = [b.indices[rank_rows(cfg, r, 4)] for r in range(4)]  # what each of 4 ranks trains on
         assert np.array_equal(np.concatenate(shards), b.indices)
         assert all({OWNER[int(i)] for i in s} == {b.dataset} for s in shards)
         seen.append(b.dataset)

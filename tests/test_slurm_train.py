@@ -17,7 +17,7 @@ from conftest import ROOT, TINY, proc_env, read_metrics, untimed_metrics
 from safetensors.torch import load_file
 from slurm_cluster import cluster_fixture
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 cluster = cluster_fixture(partitions=("gpu", "debug"))
 ARGS = ["optim.max_steps=12", "run.save_every=2"]
 SHRINK = ["--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=2G", "--time=20"]

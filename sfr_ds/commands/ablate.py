@@ -1,4 +1,4 @@
-"""``sfr-ds ablate CONFIG``: the seed's ablation tables, one run directory per row."""
+"""``sfr-ds ablate CONFIG``: the SFR-Embedding-Mistral ablation tables, one run directory per row."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import click
 @click.option("--plan", "show_plan", is_flag=True, help="Print the stages and their state; run nothing.")
 def command(config, overrides, only, show_plan):
     """Mine, train and evaluate every row of the studies in CONFIG (e.g. configs/ablations_cpu.yaml),
-    then write one table per study in the seed's layout. Finished stages are skipped, so the same
-    command continues an interrupted set. OVERRIDES (key=value) apply to CONFIG.
+    then write one table per study in the layout of the SFR-Embedding-Mistral paper's tables (groups
+    and AVG as rows). Finished stages are skipped, so the same command continues an interrupted set.
+    OVERRIDES (key=value) apply to CONFIG.
     """
     from ..ablate import load_ablate_config, plan, run_ablations
     from ..config import ConfigError

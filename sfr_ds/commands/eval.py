@@ -7,8 +7,9 @@ a login node.
 
 from __future__ import annotations
 
-import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -36,30 +37,17 @@ def command():
     """
 
 
-def _split_tasks(values: tuple[str, ...]) -> list[str]:
-    """Comma-separated, but not inside parentheses: benchmark:MTEB(eng, v2) stays whole."""
-    return [s.strip() for v in values for s in re.split(r",(?![^()]*\))", v) if s.strip()]
+@contextmanager
+def _clean_errors(*extra: type[Exception]) -> Iterator[None]:
+    """A library error (bad task spec or settings, a broken model folder, Slurm) as one clean
+    ``Error:`` line rather than a traceback."""
+    from sfr_ds.run_dir import RunDirError
+    from sfr_ds.slurm import SlurmError
 
-
-def _default_out(source: str) -> Path:
-    from sfr_ds.eval.models import ModelSpec, kind, label
-
-    path = Path(source)
-    if path.is_dir():
-        return (path.parent if path.name == "final" and kind(source) == "run" else path) / "eval"
-    return Path("eval") / label(ModelSpec(source))
-
-
-def _eval_dir(arg: str) -> Path:
-    """An evaluation folder given directly, or the default one of a model path."""
-    from sfr_ds.eval.runner import MANIFEST
-
-    for candidate in (Path(arg), _default_out(arg)):
-        if (candidate / MANIFEST).exists():
-            return candidate
-    raise click.ClickException(
-        f"{arg}: no evaluation found (neither {arg}/{MANIFEST} nor {_default_out(arg)}/{MANIFEST})"
-    )
+    try:
+        yield
+    except (ValueError, RunDirError, SlurmError, *extra) as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _model_options(f):
@@ -102,12 +90,6 @@ def _model_options(f):
     return f
 
 
-def _spec(model, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size):
-    from sfr_ds.eval.models import ModelSpec
-
-    return ModelSpec(model, pooling, instructions, query_max_len, doc_max_len, dtype, batch_size).normalized()
-
-
 @command.command()
 @click.argument("model")
 @click.option(
@@ -117,7 +99,9 @@ def _spec(model, instructions, pooling, query_max_len, doc_max_len, dtype, batch
     help="MTEB task names, benchmark:NAME, or KIND:PATH[?key=value] local tasks "
     "(kinds: retrieval, sts, classification, clustering, reranking); comma-separated or repeated.",
 )
-@click.option("--suite", default=None, help="A named task suite (dev: the seed's dev report on local data).")
+@click.option(
+    "--suite", default=None, help="A named task suite (dev: the SFR recipe's dev report on local data)."
+)
 @click.option(
     "--data-root",
     type=click.Path(exists=True, file_okay=False),
@@ -161,58 +145,38 @@ def run(
     progress,
 ):
     """Evaluate MODEL (a run directory, an adapter folder, a merged or any HF model, builtin:NAME)."""
-    from sfr_ds.eval.runner import prepare, run_tasks
-    from sfr_ds.eval.suite import suite_specs, write_summary
-    from sfr_ds.eval.tasks import TaskSpecError, describe
+    from sfr_ds.eval.models import model_spec
+    from sfr_ds.eval.runner import default_out, prepare, task_indices
+    from sfr_ds.eval.suite import requested_entries
 
-    pairs = [(None, s) for s in _split_tasks(task_values)]
-    try:
-        if suite:
-            pairs += suite_specs(suite, data_root)
-        if not pairs:
+    spec = model_spec(model, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size)
+    with _clean_errors():
+        entries = requested_entries(task_values, suite, data_root)
+        if not entries:
             raise click.UsageError("name tasks with --tasks and/or --suite")
-        entries = [e for group, spec in pairs for e in describe(spec, group)]
-    except (TaskSpecError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    spec = _spec(model, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size)
-    out = Path(output_dir or _default_out(spec.source)).resolve()
-    try:
-        manifest = prepare(out, spec, entries, cache_dir)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    names = {e.name for e in entries}
-    indices = [i for i, t in enumerate(manifest.tasks) if t.name in names]
+        out = Path(output_dir or default_out(spec.source)).resolve()
+        indices = task_indices(prepare(out, spec, entries, cache_dir), entries)
     if slurm:
         _submit(out, indices, tasks_per_job, sbatch_values, max_parallel)
-        return
-    failed = run_tasks(out, indices, progress=progress)
-    write_summary(out)
+    else:
+        _evaluate(out, indices, progress)
+
+
+def _submit(out: Path, indices: list[int], per_job: int, sbatch_values, max_parallel) -> None:
+    from sfr_ds.eval.slurm import submit_tasks
+
+    with _clean_errors():
+        submit_tasks(out, indices, per_job, sbatch_values, max_parallel, echo=click.echo)
+
+
+def _evaluate(out: Path, indices: list[int], progress: bool) -> None:
+    from sfr_ds.eval.suite import evaluate
+
+    failed = evaluate(out, indices, progress)
     click.echo((out / "summary.md").read_text())
     click.echo(f"results: {out}")
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)} (see {out}/status/)")
-
-
-def _submit(out: Path, indices: list[int], per_job: int, sbatch_values, max_parallel) -> None:
-    """Submit the given tasks, less those done or already pending/running in an earlier array."""
-    from sfr_ds.eval.slurm import SlurmError, chunk, sbatch_args, submit, task_states
-
-    try:
-        states = task_states(out)
-        todo = [i for i in indices if states[i].state in ("not run", "failed")]
-        for i in sorted(set(indices) - set(todo)):
-            click.echo(f"{states[i].name}: {states[i].state}, not submitted again")
-        indices = todo
-        if not indices:
-            click.echo(f"nothing to submit: sfr-ds eval collect {out}")
-            return
-        job = submit(out, chunk(indices, per_job), sbatch_args(sbatch_values), max_parallel)
-    except SlurmError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(
-        f"submitted job {job}: {len(indices)} task(s) in {-(-len(indices) // per_job)} array element(s)"
-    )
-    click.echo(f"follow with: sfr-ds eval status {out}\nthen:        sfr-ds eval collect {out}")
 
 
 @command.command(hidden=True)
@@ -220,15 +184,9 @@ def _submit(out: Path, indices: list[int], per_job: int, sbatch_values, max_para
 @click.option("--element", type=int, required=True)
 def worker(out, element):
     """One Slurm array element: the tasks of manifest element N."""
-    import os
+    from sfr_ds.eval.slurm import run_element
 
-    from sfr_ds.eval.runner import Manifest, run_tasks
-
-    out = Path(out)
-    indices = Manifest.load(out).elements[element]
-    job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{os.environ.get('SLURM_ARRAY_TASK_ID', element)}"
-    failed = run_tasks(out, indices, job=job, progress=False)
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if run_element(Path(out), element) else 0)
 
 
 @command.command()
@@ -247,21 +205,11 @@ def status(out):
 @click.option("--timeout", type=float, default=None, help="Stop waiting after this many seconds.")
 def collect(out, wait, poll, timeout):
     """Aggregate finished tasks into summary.md/summary.json; name the ones that are not done."""
-    from sfr_ds.eval import slurm
-    from sfr_ds.eval.suite import write_summary
+    from sfr_ds.eval.slurm import collect as collect_folder
 
-    out = Path(out).resolve()
-    states = slurm.wait(out, poll, timeout) if wait else slurm.task_states(out)
-    write_summary(out)
-    click.echo((out / "summary.md").read_text())
-    unfinished = [s for s in states if s.state != "done"]
-    if unfinished:
-        click.echo(slurm.status_table(unfinished))
-        failed = [s.name for s in unfinished if s.state in ("failed", "not run")]
-        if failed:
-            click.echo(
-                f"re-submit alone: sfr-ds eval resubmit {out} " + " ".join(f"--task {n}" for n in failed)
-            )
+    text, all_done = collect_folder(Path(out).resolve(), wait, poll, timeout)
+    click.echo(text)
+    if not all_done:
         sys.exit(1)
 
 
@@ -271,18 +219,10 @@ def collect(out, wait, poll, timeout):
 @click.option("--sbatch", "sbatch_values", multiple=True, help="Extra sbatch options.")
 def resubmit(out, names, sbatch_values):
     """Re-submit failed tasks, each alone in its own array element."""
-    from sfr_ds.eval.slurm import SlurmError, resubmit_groups, sbatch_args, submit
+    from sfr_ds.eval.slurm import resubmit as resubmit_tasks
 
-    out = Path(out).resolve()
-    try:
-        groups = resubmit_groups(out, list(names) or None)
-        if not groups:
-            click.echo("nothing to re-submit: no failed task")
-            return
-        job = submit(out, groups, sbatch_args(sbatch_values))
-    except (SlurmError, KeyError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"submitted job {job}: {len(groups)} task(s), one per array element")
+    with _clean_errors(KeyError):
+        click.echo(resubmit_tasks(Path(out).resolve(), list(names) or None, sbatch_values))
 
 
 @command.command()
@@ -290,10 +230,12 @@ def resubmit(out, names, sbatch_values):
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the table here.")
 def compare(evals, output):
     """Models side by side (evaluation folders or model paths), with deltas against the first."""
+    from sfr_ds.eval.runner import find_eval
     from sfr_ds.eval.suite import compare as compare_table
     from sfr_ds.eval.suite import read_scores
 
-    text = compare_table([read_scores(_eval_dir(e)) for e in evals])
+    with _clean_errors(FileNotFoundError):
+        text = compare_table([read_scores(find_eval(e)) for e in evals])
     if output:
         Path(output).write_text(text)
     click.echo(text)
@@ -325,14 +267,12 @@ def lengths(
     Model options apply to both models; each model's kind decides what is left unset.
     """
     from sfr_ds.eval.length_analysis import analyse
-    from sfr_ds.eval.tasks import TaskSpecError
+    from sfr_ds.eval.models import model_spec
 
     specs = [
-        _spec(m, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size)
+        model_spec(m, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size)
         for m in (model_a, model_b)
     ]
-    try:
+    with _clean_errors():
         csv_path, png_path = analyse(*specs, task_spec, Path(output_dir), cache_dir)
-    except (TaskSpecError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
     click.echo(f"wrote {png_path} and {csv_path}")

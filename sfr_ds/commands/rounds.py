@@ -14,21 +14,19 @@ import click
 def command(config, overrides, status, local, nproc_per_node):
     """Per round: mine -> train -> eval (dependent Slurm jobs). Re-run the same command after a
     failure: complete stages are skipped, queued ones reused, the rest submitted."""
+    from sfr_ds import rounds
     from sfr_ds.config import ConfigError
-    from sfr_ds.rounds import Pipeline, load_rounds_config
 
     try:
-        pipeline = Pipeline(load_rounds_config(config, list(overrides)))
+        cfg = rounds.load_rounds_config(config, list(overrides))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     try:
-        lines = (
-            pipeline.status()
-            if status
-            else pipeline.run_local(nproc_per_node)
-            if local
-            else pipeline.submit()
-        )
+        if status:
+            click.echo("\n".join(rounds.status(cfg)))
+        elif local:
+            rounds.run_local(cfg, nproc_per_node)
+        else:
+            click.echo("\n".join(rounds.submit(cfg)))
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None
-    click.echo("\n".join(lines))

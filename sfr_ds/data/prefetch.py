@@ -1,9 +1,9 @@
 """Step s+1's host-side inputs are made on a worker thread while step s runs on the device.
 
-Building a global batch's texts, tokenizing this rank's share (2,304 texts of the seed's step) and
-its candidate mask take about 0.5 s per step on one host core, which a GPU would otherwise spend
-idle between two steps. Most of it is the tokenizer's Rust code, which releases the GIL: a Python
-loop on the launching thread keeps 81-93% of its rate beside it (``benchmarks/host_inputs.py``).
+Building a global batch's texts, tokenizing this rank's share and its candidate mask is host work
+that a GPU would otherwise spend idle between two steps. Most of it is the tokenizer's Rust code,
+which releases the GIL, so the launching thread keeps most of its rate beside it (the figures:
+``benchmarks/host_inputs.py``, docs/benchmarks.md).
 ``make`` must be a pure function of the step that touches neither the device nor torch's RNG
 (the GradCache replay relies on that RNG), so prefetching cannot change what a step computes. A
 CUDA call there (even pinning memory) would also run on the thread's current device, GPU 0, not

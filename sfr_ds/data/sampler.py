@@ -27,10 +27,6 @@ class GlobalBatch:
     dataset: str | None  # None for a mixed batch
     indices: np.ndarray  # [global_batch_size] record indices
 
-    def shard(self, rank: int, world: int) -> np.ndarray:
-        n = len(self.indices) // world
-        return self.indices[rank * n : (rank + 1) * n]
-
 
 class BatchPlan:
     """Global batches over records grouped by dataset.

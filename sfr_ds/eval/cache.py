@@ -7,6 +7,14 @@ encoded in pieces of ``piece`` texts (longest first, as the encoder batches them
 appended as one shard (``.npy`` + ``.keys``, renamed into place): a task killed half-way through a
 large corpus resumes at its last finished piece, and concurrent Slurm jobs never rewrite each
 other's files.
+
+Mining has its own cache (``sfr_ds.mining.encode_cache``) because it needs the opposite layout:
+one folder per whole text list, sharded by position so the missing shards can be dealt
+round-robin over the ranks of one multi-rank encode, which resumes shard by shard and is loaded
+back as one array in corpus order. Here rows are keyed by each text, so whatever lists a
+(task, split) is read in (mteb's query and corpus calls, a re-submitted task, the length
+analysis) they reuse each other's rows, and concurrent Slurm jobs append shards without agreeing
+on anything first.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_file, atomic_write
 
 
 def _safe(name: str) -> str:
@@ -49,15 +59,10 @@ class EmbeddingCache:
         return self._rows[(task, split)]
 
     def _write(self, task: str, split: str, keys: list[str], emb: np.ndarray) -> None:
-        folder = self.folder(task, split)
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / uuid.uuid4().hex
-        tmp = folder / f".{stem.name}.tmp"
-        with open(tmp, "wb") as f:  # np.save on a path would append ".npy" to the temp name
-            np.save(f, emb)
-        os.replace(tmp, stem.with_suffix(".npy"))
-        tmp.write_text("\n".join(keys))
-        os.replace(tmp, stem.with_suffix(".keys"))  # last: a shard counts once its keys exist
+        stem = self.folder(task, split) / uuid.uuid4().hex  # unique: concurrent jobs never collide
+        with atomic_file(stem.with_suffix(".npy"), "wb") as f:
+            np.save(f, emb)  # to a file object: np.save on a path would append ".npy" to it
+        atomic_write(stem.with_suffix(".keys"), "\n".join(keys))  # last: a shard counts once it exists
 
     def get_or_encode(
         self, task: str, split: str, texts: list[str], max_len: int, encode: Callable[[list[str]], np.ndarray]

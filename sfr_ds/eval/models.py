@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-META = "sfr_ds.json"  # what training writes next to an adapter (sfr_ds.encode.META)
+from ..run_dir import RunDir, content_digest, is_adapter, model_folder, read_meta
+
 DEFAULT_MAX_LEN = 512  # e5-mistral's evaluation length, for queries and documents alike
 
 
@@ -54,47 +55,62 @@ class ModelSpec:
         return self
 
 
+def model_spec(source, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size) -> ModelSpec:
+    """The spec the ``sfr-ds eval`` model options describe, local paths made absolute."""
+    return ModelSpec(
+        source, pooling, instructions, query_max_len, doc_max_len, dtype, batch_size
+    ).normalized()
+
+
 def kind(source: str) -> str:
-    """'run' (run dir or its adapter folder, loaded base + adapter) or 'hf' (anything else)."""
+    """'run' (a run directory, or an adapter folder: base + adapter, encoded as trained) or 'hf'
+    (anything else, a model merged by sfr-ds included)."""
     path = Path(source)
-    if (path / "final" / META).exists():
-        return "run"
-    if (path / META).exists() and (path / "adapter_config.json").exists():
-        return "run"
-    return "hf"
+    folder = model_folder(path)
+    if folder is None:
+        return "hf"
+    return "run" if folder != path or is_adapter(folder) else "hf"
+
+
+def owner(source: str) -> Path:
+    """The run directory when ``source`` is a run's adapter folder (final/), else ``source``."""
+    path = Path(source)
+    if kind(source) == "run" and RunDir(path.parent).final == path:
+        return path.parent
+    return path
 
 
 def label(spec: ModelSpec) -> str:
     """A short human name: the run directory's name, or the model name's last part."""
-    path = Path(spec.source)
-    if path.name == "final" and kind(spec.source) == "run":
-        path = path.parent
-    return path.name.replace("builtin:", "") or spec.source
+    return owner(spec.source).name.replace("builtin:", "") or spec.source
 
 
-def _weight_files(spec: ModelSpec) -> list[Path]:
-    path = Path(spec.source)
+def _file_stamps(path: Path) -> list[str]:
+    """Path, size and mtime of every file of a plain model folder (its default eval/ output left out)."""
     if not path.is_dir():
-        return []
-    roots = [path / "final" if (path / "final" / META).exists() else path]
-    meta_file = roots[0] / META
-    if meta_file.exists() and (base := json.loads(meta_file.read_text()).get("base_model_dir")):
-        roots.append((roots[0] / base).resolve())
-    skip = {"checkpoints", "eval", "tensorboard"}
-    return sorted(
-        f
-        for root in roots
-        for f in root.rglob("*")
-        if f.is_file() and not skip.intersection(f.relative_to(root).parts)
-    )
+        return []  # a hub name or builtin:NAME: the name is the identity
+    files = sorted(f for f in path.rglob("*") if f.is_file() and "eval" not in f.relative_to(path).parts)
+    return [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
 
 
 def fingerprint(spec: ModelSpec) -> str:
-    """Hash of the spec and of its files' sizes and times: a retrained run gets new results."""
-    h = hashlib.sha256(json.dumps(spec.identity(), sort_keys=True).encode())
-    for f in _weight_files(spec):
-        st = f.stat()
-        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    """Hash of the spec and of the model: a retrained run gets new results.
+
+    A folder with sfr_ds.json (a run, an adapter, a merged model) counts by its content
+    (``run_dir.content_digest``), not by where it lies, so a copied or moved run keeps its
+    results and embeddings. A plain HF folder counts by its path and its files' sizes and times
+    (rewritten weights get a new time): hashing a 14 GB model on every ``sfr-ds eval`` call, a
+    login node's submit included, would take minutes.
+    """
+    folder = model_folder(spec.source)
+    if folder is not None:
+        identity = {k: v for k, v in spec.identity().items() if k != "source"}
+        stamps = [content_digest(folder)]
+    else:
+        identity, stamps = spec.identity(), _file_stamps(Path(spec.source))
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    for stamp in stamps:
+        h.update(f"{stamp}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -156,8 +172,8 @@ def load_model(spec: ModelSpec, device: str | None = None) -> LoadedModel:
             )
     else:
         path = resolve_model_path(spec.source)
-        meta_file = Path(path) / META  # a folder merged by sfr-ds keeps its pooling
-        own = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        folder = model_folder(path)  # a folder merged by sfr-ds keeps its pooling
+        own = read_meta(folder) if folder is not None else {}
         st_pooling, st_max = _st_config(Path(path))
         encoder_like = _is_encoder(path)
         pooling = spec.pooling or own.get("pooling") or st_pooling or ("mean" if encoder_like else "last")

@@ -9,6 +9,7 @@ Slurm array element run the same ``run_tasks``, so the two paths cannot drift ap
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -18,10 +19,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models import ModelSpec, fingerprint, label
+from ..io import atomic_write_json
+from .models import ModelSpec, fingerprint, label, owner
 from .tasks import TaskEntry
 
 MANIFEST = "eval.json"
+
+
+def default_out(source: str) -> Path:
+    """Where ``sfr-ds eval`` writes by default: RUN/eval for a run or its adapter, FOLDER/eval for
+    another local model folder, ./eval/LABEL for a hub or builtin name."""
+    if Path(source).is_dir():
+        return owner(source) / "eval"
+    return Path("eval") / label(ModelSpec(source))
+
+
+def find_eval(arg: str) -> Path:
+    """An evaluation folder given directly, or the default one of a model path."""
+    for candidate in (Path(arg), default_out(arg)):
+        if (candidate / MANIFEST).exists():
+            return candidate
+    raise FileNotFoundError(
+        f"{arg}: no evaluation found (neither {arg}/{MANIFEST} nor {default_out(arg)}/{MANIFEST})"
+    )
 
 
 def default_cache_dir() -> Path:
@@ -69,7 +89,7 @@ class Manifest:
             "tasks": [t.to_json() for t in self.tasks],
             "elements": self.elements,
         }
-        _write_json(out / MANIFEST, data)
+        atomic_write_json(out / MANIFEST, data)
 
     @classmethod
     def load(cls, out: Path) -> Manifest:
@@ -87,14 +107,6 @@ class Manifest:
         )
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Atomic: a concurrent reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def prepare(out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str | None = None) -> Manifest:
     """Create or extend the folder's manifest; the folder belongs to one model."""
     spec = spec.normalized()
@@ -106,7 +118,7 @@ def prepare(out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str
     )
     if (out / MANIFEST).exists():
         old = Manifest.load(out)
-        if old.model.identity() != spec.identity():
+        if not _same_model(old, manifest):
             raise ValueError(
                 f"{out} holds an evaluation of {old.model.source} with other settings "
                 f"({old.model}); choose another --output-dir"
@@ -122,11 +134,26 @@ def prepare(out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str
     return manifest
 
 
+def _same_model(old: Manifest, new: Manifest) -> bool:
+    """Same settings, and the same source or the same content (a run moved or copied together
+    with its evaluation folder: its fingerprint does not depend on where it lies)."""
+    if old.model.identity() == new.model.identity():
+        return True
+    moved = dataclasses.replace(old.model, source=new.model.source)
+    return moved.identity() == new.model.identity() and old.revision == new.revision
+
+
+def task_indices(manifest: Manifest, entries: list[TaskEntry]) -> list[int]:
+    """Positions of ``entries`` among the manifest's tasks."""
+    names = {e.name for e in entries}
+    return [i for i, t in enumerate(manifest.tasks) if t.name in names]
+
+
 # ----------------------------------------------------------------------------- task state
 
 
 def write_status(out: Path, task: str, state: str, **extra: Any) -> None:
-    _write_json(
+    atomic_write_json(
         out / "status" / f"{task}.json",
         {"state": state, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **extra},
     )
@@ -232,6 +259,6 @@ def _encoder(manifest: Manifest, out: Path, progress: bool):
     from .models import load_model
 
     model = load_model(manifest.model)
-    _write_json(out / "model_settings.json", {"source": manifest.model.source, **model.settings})
+    atomic_write_json(out / "model_settings.json", {"source": manifest.model.source, **model.settings})
     cache = embedding_cache(manifest.model, manifest.cache_dir)
     return MtebEncoder(model, manifest.mteb_name, manifest.revision, cache, progress)

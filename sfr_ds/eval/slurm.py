@@ -15,13 +15,15 @@ import json
 import os
 import shlex
 import socket
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import Manifest, is_done, read_status, write_status
+from ..slurm import SlurmError, array_states, sbatch  # SlurmError: callers catch it from here too
+from .runner import Manifest, is_done, read_status, run_tasks, write_status
+from .suite import write_summary
 
 SCRIPT = """#!/bin/bash
 #SBATCH --job-name=sfr-eval-{label}
@@ -32,20 +34,6 @@ SCRIPT = """#!/bin/bash
 # ({out}/eval.json); options given to sbatch on its command line override these lines.
 exec {python} -m sfr_ds.cli eval worker {out} --element "$SLURM_ARRAY_TASK_ID"
 """
-
-
-class SlurmError(RuntimeError):
-    pass
-
-
-def _slurm(*cmd: str) -> str:
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise SlurmError(f"{cmd[0]} not found: is this a Slurm login node?") from None
-    if p.returncode != 0:
-        raise SlurmError(f"{' '.join(cmd)} failed: {p.stderr.strip() or p.stdout.strip()}")
-    return p.stdout
 
 
 def write_script(out: Path, manifest: Manifest) -> Path:
@@ -70,8 +58,7 @@ def submit(
     array = ",".join(str(first + i) for i in range(len(groups)))
     if max_parallel:
         array += f"%{max_parallel}"
-    output = _slurm("sbatch", "--parsable", f"--array={array}", *sbatch_args, str(script))
-    job_id = output.strip().split(";")[0]
+    job_id = sbatch([f"--array={array}", *sbatch_args, str(script)])
     for i, group in enumerate(groups):
         for index in group:
             write_status(out, manifest.tasks[index].name, "submitted", job=f"{job_id}_{first + i}")
@@ -94,6 +81,45 @@ def chunk(indices: list[int], per_job: int) -> list[list[int]]:
     return [indices[i : i + per_job] for i in range(0, len(indices), per_job)]
 
 
+def submit_tasks(
+    out: Path,
+    indices: list[int],
+    per_job: int,
+    sbatch_values: tuple[str, ...] = (),
+    max_parallel: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Submit the given tasks, less those done or pending/running in an earlier array (each named
+    through ``echo``, as is the job and how to follow it)."""
+    states = task_states(out)
+    todo = [i for i in indices if states[i].state in ("not run", "failed")]
+    for i in sorted(set(indices) - set(todo)):
+        echo(f"{states[i].name}: {states[i].state}, not submitted again")
+    if not todo:
+        echo(f"nothing to submit: sfr-ds eval collect {out}")
+        return
+    job = submit(out, chunk(todo, per_job), sbatch_args(sbatch_values), max_parallel)
+    echo(f"submitted job {job}: {len(todo)} task(s) in {-(-len(todo) // per_job)} array element(s)")
+    echo(f"follow with: sfr-ds eval status {out}\nthen:        sfr-ds eval collect {out}")
+
+
+def resubmit(out: Path, names: list[str] | None, sbatch_values: tuple[str, ...] = ()) -> str:
+    """Re-submit the named tasks (default: every failed one), each alone in its own array element;
+    the line to show."""
+    groups = resubmit_groups(out, names)
+    if not groups:
+        return "nothing to re-submit: no failed task"
+    job = submit(out, groups, sbatch_args(sbatch_values))
+    return f"submitted job {job}: {len(groups)} task(s), one per array element"
+
+
+def run_element(out: Path, element: int) -> list[str]:
+    """Inside an array element: the tasks of manifest element ``element``; the failed ones' names."""
+    indices = Manifest.load(out).elements[element]
+    job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{os.environ.get('SLURM_ARRAY_TASK_ID', element)}"
+    return run_tasks(out, indices, job=job, progress=False)
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -103,18 +129,6 @@ class TaskState:
     state: str  # done | pending | running | failed | not run
     job: str | None = None
     detail: str = ""
-
-
-def _queued(jobs: set[str]) -> dict[str, str]:
-    """Array element id (JOB_N) -> squeue state, for the given jobs that Slurm still lists."""
-    queued: dict[str, str] = {}
-    for job in sorted(jobs):
-        try:
-            lines = _slurm("squeue", "-h", "-r", "-j", job, "-o", "%i %T").splitlines()
-        except SlurmError:  # an id Slurm has forgotten: its elements have all ended
-            continue
-        queued.update(line.split() for line in lines if line.strip())
-    return queued
 
 
 def _pid_alive(status: dict) -> bool:
@@ -135,7 +149,7 @@ def _submitted_jobs(out: Path) -> set[str]:
 def task_states(out: Path) -> list[TaskState]:
     """squeue first, the status files after: an element that left the queue in between has
     already written its final status, so it is never mistaken for one that died silently."""
-    queued = _queued(_submitted_jobs(out))
+    queued = array_states(_submitted_jobs(out))
     manifest = Manifest.load(out)
     return [_state(out, manifest, t.name, read_status(out, t.name), queued) for t in manifest.tasks]
 
@@ -179,6 +193,22 @@ def wait(out: Path, poll_s: float = 10.0, timeout_s: float | None = None) -> lis
         if end is not None and time.time() > end:
             return states
         time.sleep(poll_s)
+
+
+def collect(
+    out: Path, block: bool = False, poll_s: float = 10.0, timeout_s: float | None = None
+) -> tuple[str, bool]:
+    """Write the summary of the finished tasks (after waiting, with ``block``); the text to show
+    (the table, then the tasks not done and how to re-submit the failed ones) and whether all are done."""
+    states = wait(out, poll_s, timeout_s) if block else task_states(out)
+    write_summary(out)
+    text = [(out / "summary.md").read_text()]
+    unfinished = [s for s in states if s.state != "done"]
+    if unfinished:
+        text.append(status_table(unfinished))
+    if failed := [s.name for s in unfinished if s.state in ("failed", "not run")]:
+        text.append(f"re-submit alone: sfr-ds eval resubmit {out} " + " ".join(f"--task {n}" for n in failed))
+    return "\n".join(text), not unfinished
 
 
 def resubmit_groups(out: Path, names: list[str] | None) -> list[list[int]]:

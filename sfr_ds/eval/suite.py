@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import Manifest, is_done, main_score
+from .runner import Manifest, is_done, main_score, run_tasks
+from .tasks import TaskEntry, describe, split_tasks
 
 SUITES: dict[str, dict[str, list[str]]] = {
     "dev": {
@@ -50,6 +51,17 @@ def suite_specs(name: str, data_root: str | None) -> list[tuple[str, str]]:
         raise ValueError(f"suite {name!r} reads local data: pass --data-root DIR or set SFR_DS_DATA")
     root = str(Path(root).expanduser().resolve())
     return [(group, spec.format(data=root)) for group, specs in SUITES[name].items() for spec in specs]
+
+
+def requested_entries(
+    task_values: tuple[str, ...], suite: str | None, data_root: str | None
+) -> list[TaskEntry]:
+    """The tasks ``--tasks`` (repeated, comma-separated) and ``--suite`` name, in that order; empty
+    when they name none."""
+    pairs = [(None, spec) for spec in split_tasks(task_values)]
+    if suite:
+        pairs += suite_specs(suite, data_root)
+    return [entry for group, spec in pairs for entry in describe(spec, group)]
 
 
 @dataclass
@@ -128,6 +140,13 @@ def _labels(scores: list[Scores]) -> list[str]:
     """Column names; repeated labels get a suffix so columns stay distinct."""
     labels = [s.label for s in scores]
     return [f"{lb} ({i + 1})" if labels.count(lb) > 1 else lb for i, lb in enumerate(labels)]
+
+
+def evaluate(out: Path, indices: list[int], progress: bool = True) -> list[str]:
+    """Run the tasks here, then write the folder's summary; the names of the tasks that failed."""
+    failed = run_tasks(out, indices, progress=progress)
+    write_summary(out)
+    return failed
 
 
 def write_summary(out: Path) -> Scores:

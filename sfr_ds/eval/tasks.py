@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,12 @@ class TaskEntry:
 
     def to_json(self) -> dict[str, str]:
         return asdict(self)
+
+
+def split_tasks(values: tuple[str, ...]) -> list[str]:
+    """Specs of repeated, comma-separated ``--tasks`` values; a comma inside parentheses does not
+    split, so ``benchmark:MTEB(eng, v2)`` stays whole."""
+    return [s.strip() for v in values for s in re.split(r",(?![^()]*\))", v) if s.strip()]
 
 
 def parse_local(spec: str) -> LocalSpec | None:

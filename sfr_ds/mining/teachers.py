@@ -10,8 +10,6 @@ the search itself runs on rank 0, which alone gets a ``Ranking`` (other ranks ge
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -22,10 +20,11 @@ import numpy as np
 
 from sfr_ds import dist
 from sfr_ds.data.tokens import format_query
-from sfr_ds.encode import META, TextEncoder
+from sfr_ds.encode import TextEncoder
 from sfr_ds.mining.bm25 import QUERY_CHUNK, BM25Scorer
 from sfr_ds.mining.encode_cache import CacheKey, encode_cached, texts_digest
 from sfr_ds.mining.search import search, topk_rows
+from sfr_ds.run_dir import content_digest, find_model_folder, read_meta
 
 
 @dataclass
@@ -225,7 +224,6 @@ def guess_pooling(name_or_path: str) -> str:
 
 def _hf_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> DenseRank:
     from sfr_ds.config import ModelConfig
-    from sfr_ds.model import append_eos
 
     if spec.startswith(("/", ".", "~")) and not Path(spec).expanduser().is_dir():
         raise FileNotFoundError(f"teacher {spec!r}: no such model folder")
@@ -233,46 +231,21 @@ def _hf_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> Dense
     cfg = ModelConfig(name_or_path=spec, pooling=pooling, dtype=options.dtype or _default_dtype())
     qlen, dlen = options.query_max_len or 128, options.doc_max_len or 256
     model = str(Path(spec).resolve()) if Path(spec).exists() else spec
-    identity = EncoderIdentity(model, "", pooling, cfg.normalize, append_eos(cfg), cfg.dtype, qlen, dlen)
+    identity = EncoderIdentity(model, "", pooling, cfg.normalize, cfg.appends_eos, cfg.dtype, qlen, dlen)
     load = partial(TextEncoder.from_model_config, cfg, qlen, dlen, options.batch_size)
     return DenseRank(f"{spec} ({pooling} pooling)", identity, load, cache, options.query_instruction)
 
 
-def run_folder(path: str | Path) -> Path:
-    """The folder holding ``sfr_ds.json``: the path itself or its ``final`` sub-folder."""
-    path = Path(path)
-    for folder in (path, path / "final"):
-        if (folder / META).exists():
-            return folder
-    raise FileNotFoundError(f"{path}: no {META} (not an sfr-ds run or adapter folder)")
-
-
-def adapter_digest(folder: Path, meta: dict) -> str:
-    """Hash of every file that shapes the run's embeddings: adapter, tokenizer, settings, and
-    the base weights when they were randomly initialised inside the run. Content, not mtime, so
-    re-training into the same folder invalidates the cache and copying the folder does not."""
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    if meta.get("random_init"):
-        files += sorted(p for p in (folder / meta["base_model_dir"]).iterdir() if p.is_file())
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def _self_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> DenseRank:
     """One of our runs, encoded exactly as it was trained; pooling is the run's, not an option."""
-    folder = run_folder(spec.removeprefix("self:"))
-    meta = json.loads((folder / META).read_text())
+    folder = find_model_folder(spec.removeprefix("self:"))
+    meta = read_meta(folder)
     if options.pooling not in ("auto", meta["pooling"]):
         raise ValueError(f"{folder} was trained with {meta['pooling']} pooling; drop --pooling")
     dtype = options.dtype or _default_dtype()
     identity = EncoderIdentity(
         meta["base_model"],
-        adapter_digest(folder, meta),
+        content_digest(folder),
         meta["pooling"],
         meta["normalize"],
         meta["append_eos"],
