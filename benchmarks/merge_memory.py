@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shapes import LLAMA_1B
+
 META = {
     "random_init": None,
     "base_model_dir": None,
@@ -39,15 +41,6 @@ META = {
     "lora": True,
 }
 SHARD = "500MB"  # output shards, both methods; the 1B base is saved in shards of this size too
-LLAMA_1B = dict(
-    hidden_size=2048,
-    intermediate_size=5632,
-    num_hidden_layers=22,
-    num_attention_heads=32,
-    num_key_value_heads=4,
-    vocab_size=32000,
-    max_position_embeddings=2048,
-)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -88,12 +81,12 @@ def prepare_smollm2(work: Path) -> Path:
 
 def prepare_llama1b(work: Path) -> Path:
     import torch
-    from transformers import AutoModel, LlamaConfig
+    from transformers import AutoConfig, AutoModel
 
     base, adapter = work / "llama1b-base", work / "llama1b-adapter"
     if not (adapter / "sfr_ds.json").exists():
         torch.manual_seed(0)
-        model = AutoModel.from_config(LlamaConfig(**LLAMA_1B), dtype=torch.bfloat16)
+        model = AutoModel.from_config(AutoConfig.for_model(**LLAMA_1B), dtype=torch.bfloat16)
         model.save_pretrained(str(base), max_shard_size=SHARD)
         save_adapter(model, "builtin:tiny-tokenizer", str(base), adapter)
     return adapter

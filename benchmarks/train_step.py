@@ -38,49 +38,13 @@ import sys
 import time
 from pathlib import Path
 
+from shapes import MISTRAL_7B, MISTRAL_SMALL, TINY_MISTRAL
+
 ROOT = Path(__file__).resolve().parent.parent
-MISTRAL_7B = dict(
-    model_type="mistral",
-    vocab_size=32000,
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    max_position_embeddings=32768,
-    rope_theta=10000.0,
-    sliding_window=4096,
-)
 SHAPES = {  # random_init, default --chunk-tokens, default --chunk-size
-    "tiny": (
-        dict(
-            model_type="mistral",
-            vocab_size=2048,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-        ),
-        2048,
-        32,
-    ),
-    # Mistral's proportions (GQA 4:1, MLP 3.5x) at 1/16 of the width and 1/8 of the depth
-    "small": (
-        dict(
-            MISTRAL_7B,
-            hidden_size=256,
-            intermediate_size=896,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-        ),
-        2048,
-        32,
-    ),
-    # 9.4 MiB of saved activations per token (bf16, LoRA dropout on; benchmarks/activation_memory.py):
-    # 4,096 tokens (configs/sfr_mistral_7b.yaml) hold 37 GiB next to 14.5 GiB of weights
+    "tiny": (TINY_MISTRAL, 2048, 32),
+    "small": (MISTRAL_SMALL, 2048, 32),
+    # 4,096 tokens (configs/sfr_mistral_7b.yaml): the activations per token are in docs/benchmarks.md
     "mistral-7b": (MISTRAL_7B, 4096, 32),
 }
 DATA = ["scifact_train.jsonl", "stsb_train.jsonl", "banking77_train.jsonl"]

@@ -73,23 +73,18 @@ def launcher_env() -> dict[str, str]:
     return out
 
 
+def torchrun(n: int, *target: str, port: str | None = None) -> list[str]:
+    """The command line that starts ``target`` (a script and its arguments, or ``-m MODULE ...``)
+    under torchrun with ``n`` ranks on this machine, on ``port`` (default: a free one)."""
+    port = port or os.environ.get("MASTER_PORT") or str(_free_port())
+    launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={n}", "--nnodes=1"]
+    return [sys.executable, *launcher, "--master-addr=127.0.0.1", f"--master-port={port}", *target]
+
+
 def spawn_local(n: int, command: str, argv: list[str]) -> int:
     """Run ``sfr-ds COMMAND ARGV`` under torchrun with ``n`` ranks on this machine; its exit code.
     One thread per rank unless OMP_NUM_THREADS says otherwise (N ranks share the cores)."""
-    port = os.environ.get("MASTER_PORT") or str(_free_port())
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={n}",
-        "--nnodes=1",
-        "--master-addr=127.0.0.1",
-        f"--master-port={port}",
-        "-m",
-        "sfr_ds.cli",
-        command,
-        *argv,
-    ]
+    cmd = torchrun(n, "-m", "sfr_ds.cli", command, *argv)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return subprocess.call(cmd, env=env)
 

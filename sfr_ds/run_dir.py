@@ -38,40 +38,27 @@ class RunDirError(ValueError):
     """A folder that is not what a command needs; the message names it and the fix."""
 
 
-@dataclass(frozen=True)
 class RunDir:
-    root: Path
+    """One run directory; its paths are the layout above."""
 
     def __init__(self, root: str | os.PathLike):
-        object.__setattr__(self, "root", Path(root))
+        self.root = Path(root)
+        self.config_file = self.root / "run.yaml"
+        self.metrics_file = self.root / "metrics.jsonl"
+        self.tensorboard = self.root / "tensorboard"
+        self.checkpoints = self.root / "checkpoints"
+        self.latest_file = self.checkpoints / "latest"
+        self.final = self.root / "final"
+        self.base_model = self.root / "base_model"
 
-    @property
-    def config_file(self) -> Path:
-        return self.root / "run.yaml"
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RunDir) and self.root == other.root
 
-    @property
-    def metrics_file(self) -> Path:
-        return self.root / "metrics.jsonl"
+    def __hash__(self) -> int:
+        return hash(self.root)
 
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def latest_file(self) -> Path:
-        return self.checkpoints / "latest"
-
-    @property
-    def final(self) -> Path:
-        return self.root / "final"
-
-    @property
-    def base_model(self) -> Path:
-        return self.root / "base_model"
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
 
     @staticmethod
     def tag(step: int) -> str:

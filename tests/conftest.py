@@ -74,22 +74,9 @@ def torchrun_worker(n: int, out: Path, *overrides: str, config: Path = TINY) -> 
     """Train under torchrun with N ranks and return {step: {param: full gradient}}."""
     import torch
 
-    run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={n}",
-            "--nnodes=1",
-            "--master-addr=127.0.0.1",
-            f"--master-port={free_port()}",
-            str(ROOT / "tests" / "train_worker.py"),
-            "grads",
-            str(config),
-            str(out),
-            *overrides,
-        ]
-    )
+    from sfr_ds.dist import torchrun
+
+    run(torchrun(n, str(ROOT / "tests" / "train_worker.py"), "grads", str(config), str(out), *overrides))
     return torch.load(out, weights_only=True)
 
 

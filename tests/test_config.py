@@ -2,12 +2,10 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
-from conftest import ROOT, TINY, proc_env
+from conftest import ROOT, TINY, sfr_ds
 
 from sfr_ds.config import ConfigError, load_config
 
@@ -83,21 +81,7 @@ def test_linear_warmup_then_decay_to_zero():
 
 @pytest.mark.integration
 def test_cli_prints_all_problems():
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sfr_ds.cli",
-            "train",
-            str(TINY),
-            "model.pooling=max",
-            "data.hard_negatives=x",
-        ],
-        capture_output=True,
-        text=True,
-        env=proc_env(),
-        cwd=ROOT,
-    )
+    p = sfr_ds("train", TINY, "model.pooling=max", "data.hard_negatives=x", check=False)
     assert p.returncode != 0
     assert "model.pooling" in p.stderr and "data.hard_negatives" in p.stderr
 

@@ -105,22 +105,32 @@ def test_demo_runs_every_stage_then_continues_from_its_outputs(tmp_path, minilm_
     assert (out / "summary.md").read_text().split("\n", 2)[2] in again
 
 
+NEGATIVES_STUDY = {"rows": {"#HN=1": {}, "#HN=2": {"train": {"data.hard_negatives": 2}}}}
+
+
+def ablate_yaml(tmp_path: Path, train_config: Path, **fields) -> Path:
+    """An ablation config into tmp_path/ab: a BM25 30-100 k=3 baseline, the given fields."""
+    path = tmp_path / "ablate.yaml"
+    cfg = {
+        "output_dir": str(tmp_path / "ab"),
+        "train_config": str(train_config),
+        "baseline": {"teacher": "bm25", "window": [30, 100], "k": 3},
+        **fields,
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def test_ablate_shares_the_baseline_and_tabulates_each_row(tmp_path, minilm_config):
-    cfg = tmp_path / "ablate.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "output_dir": str(tmp_path / "ab"),
-                "train_config": str(minilm_config),
-                "records_per_dataset": 16,
-                "baseline": {"teacher": "bm25", "window": [30, 100], "k": 3},
-                "eval_args": ["--tasks", STS, "--query-max-len", "32", "--doc-max-len", "48"],
-                "studies": {
-                    "teacher": {"title": "Teacher", "rows": {"BM25": {}, "Self": {"teacher": "self"}}},
-                    "negatives": {"rows": {"#HN=1": {}, "#HN=2": {"train": {"data.hard_negatives": 2}}}},
-                },
-            }
-        )
+    cfg = ablate_yaml(
+        tmp_path,
+        minilm_config,
+        records_per_dataset=16,
+        eval_args=["--tasks", STS, "--query-max-len", "32", "--doc-max-len", "48"],
+        studies={
+            "teacher": {"title": "Teacher", "rows": {"BM25": {}, "Self": {"teacher": "self"}}},
+            "negatives": NEGATIVES_STUDY,
+        },
     )
     out = sfr_ds("ablate", cfg, timeout=1200).stdout
     rows = sorted(p.name for p in (tmp_path / "ab" / "rows").iterdir())
@@ -171,20 +181,12 @@ def test_ablate_from_demo_runs_the_demo_first_and_trains_on_records_it_did_not(t
     demo = tmp_path / "demo"
     demo_records = [r for name in TRAIN_FILES for r in read_jsonl(TRAIN_BUNDLE / name)[:40]]
     write_jsonl(demo_records, demo / "data" / "train.jsonl")  # an unfinished demo: no summary.md
-    cfg_path = tmp_path / "ablate.yaml"
-    cfg_path.write_text(
-        yaml.safe_dump(
-            {
-                "output_dir": str(tmp_path / "ab"),
-                "train_config": str(minilm_config),
-                "records_per_dataset": 300,
-                "start_from_demo": str(demo),
-                "baseline": {"teacher": "bm25", "window": [30, 100], "k": 3},
-                "studies": {
-                    "negatives": {"rows": {"#HN=1": {}, "#HN=2": {"train": {"data.hard_negatives": 2}}}}
-                },
-            }
-        )
+    cfg_path = ablate_yaml(
+        tmp_path,
+        minilm_config,
+        records_per_dataset=300,
+        start_from_demo=str(demo),
+        studies={"negatives": NEGATIVES_STUDY},
     )
     cfg, studies = load_ablate_config(cfg_path)
     stages, _ = plan(cfg, studies)

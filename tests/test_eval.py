@@ -10,13 +10,12 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, TINY, proc_env, sfr_ds
+from conftest import SHARED_DATA, TINY, sfr_ds
 
 from sfr_ds.data.tokens import format_query
 from sfr_ds.eval.cache import text_key
@@ -384,41 +383,10 @@ def test_length_analysis_ranks_and_files(tiny_run, mini, cache_dir, tmp_path):
 
 
 def test_bad_task_specs_are_named(tmp_path):
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sfr_ds.cli",
-            "eval",
-            "builtin:minilm",
-            "--tasks",
-            f"retrieval:{tmp_path}/nowhere",
-            "--output-dir",
-            tmp_path / "o",
-        ],
-        capture_output=True,
-        text=True,
-        env=proc_env(),
-        timeout=120,
-    )
+    out = ["--output-dir", tmp_path / "o"]
+    p = sfr_ds("eval", "builtin:minilm", "--tasks", f"retrieval:{tmp_path}/nowhere", *out, check=False)
     assert p.returncode != 0 and "nowhere does not exist" in p.stderr
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sfr_ds.cli",
-            "eval",
-            "builtin:minilm",
-            "--tasks",
-            f"sts:{tmp_path}?colour=red",
-            "--output-dir",
-            tmp_path / "o",
-        ],
-        capture_output=True,
-        text=True,
-        env=proc_env(),
-        timeout=120,
-    )
+    p = sfr_ds("eval", "builtin:minilm", "--tasks", f"sts:{tmp_path}?colour=red", *out, check=False)
     assert p.returncode != 0 and "unknown option(s) ['colour']" in p.stderr
 
 

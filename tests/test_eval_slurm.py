@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, proc_env
+from conftest import SHARED_DATA, proc_env, sfr_ds
 from slurm_cluster import cluster_fixture
 from test_eval import mini_beir
 
@@ -33,16 +33,7 @@ finally:
 
 
 def cli(cluster, *args, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    p = subprocess.run(
-        [sys.executable, "-m", "sfr_ds.cli", "eval", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=cluster.env(proc_env()),
-        timeout=timeout,
-    )
-    if check:
-        assert p.returncode == 0, f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-4000:]}"
-    return p
+    return sfr_ds("eval", *args, env=cluster.env(proc_env()), timeout=timeout, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY, free_port, proc_env
+from conftest import ROOT, TINY, proc_env
 from safetensors.torch import load_file, save_file
+
+from sfr_ds.dist import torchrun
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +62,8 @@ def succeeded(results: dict[str, tuple[int, str]], *names: str) -> None:
 
 
 def training(root: Path, name: str, base: Path) -> list:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        "--nnodes=1",
-        "--master-addr=127.0.0.1",
-        f"--master-port={free_port()}",
+    return torchrun(
+        2,
         ROOT / "tests" / "train_worker.py",
         "weights",
         TINY,
@@ -78,7 +74,7 @@ def training(root: Path, name: str, base: Path) -> list:
         f"run.save_every={MID}",
         f"deepspeed.config=ds_configs/{name}.json",
         f"run.output_dir={root / name}",
-    ]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,16 @@
-"""LoRA r=8 on every linear layer of Mistral-7B: the seed's ~21M trainable parameters."""
+"""LoRA r=8 on every linear layer of Mistral-7B: the SFR blog's ~21M trainable parameters."""
 
 import torch
+from shapes import MISTRAL_7B
 from transformers import AutoConfig, AutoModel
 
 from sfr_ds.config import LoraConfig
 from sfr_ds.model import add_lora, count_parameters
 
-MISTRAL_7B = dict(
-    vocab_size=32000,
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    max_position_embeddings=32768,
-)
-
 
 def test_mistral_7b_lora_has_about_21m_trainable_parameters():
     with torch.device("meta"):
-        backbone = AutoModel.from_config(AutoConfig.for_model("mistral", **MISTRAL_7B))
+        backbone = AutoModel.from_config(AutoConfig.for_model(**MISTRAL_7B))
         model = add_lora(backbone, LoraConfig(r=8))
     trainable, total = count_parameters(model)
     h, kv, ffn = 4096, 1024, 14336

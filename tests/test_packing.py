@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, rel_diff, torchrun_worker
 from host_reads import HostReads
+from shapes import TINY_MISTRAL
 
 from sfr_ds.config import ConfigError, LoraConfig, ModelConfig, load_config
 from sfr_ds.data.tokens import tokenize
@@ -28,31 +29,14 @@ from sfr_ds.forward_backward import (
 from sfr_ds.loss import InfoNCE
 from sfr_ds.model import build_embedder, load_tokenizer
 
-TINY_ARCH = dict(
-    vocab_size=2048,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=3,
-)
+TINY_ARCH = {k: v for k, v in TINY_MISTRAL.items() if k != "model_type"}
 ARCHS = {
-    # configs/tiny.yaml's model.random_init
     "mistral": (dict(model_type="mistral", **TINY_ARCH), "last"),
     "llama": (dict(model_type="llama", **TINY_ARCH), "last"),
     "bert": (
         dict(
+            TINY_ARCH,
             model_type="bert",
-            vocab_size=2048,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=512,
             pad_token_id=3,
             hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,

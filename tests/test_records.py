@@ -69,28 +69,9 @@ def test_parquet_rows_are_checked_with_their_row_number(tmp_path):
 
 @pytest.mark.integration
 def test_training_stops_on_a_bad_line_naming_it(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT, TINY, proc_env
+    from conftest import TINY, sfr_ds
 
     p = write(tmp_path, [json.dumps(GOOD), json.dumps(dict(GOOD, pos=[]))])
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sfr_ds.cli",
-            "train",
-            str(TINY),
-            f"data.train_files=[{p}]",
-            "--output-dir",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        env=proc_env(),
-        cwd=ROOT,
-        timeout=300,
-    )
+    r = sfr_ds("train", TINY, f"data.train_files=[{p}]", "--output-dir", tmp_path / "run", check=False)
     assert r.returncode != 0
     assert f"{p}:2: field 'pos' is an empty list" in r.stderr

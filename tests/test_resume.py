@@ -119,29 +119,14 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path, stra
 
 def test_nonfinite_loss_stops_or_skips(tmp_path, straight):
     env = dict(proc_env(), SFR_DS_FAULT_NAN_STEP="3")
-    cmd = [sys.executable, "-m", "sfr_ds.cli", "train", str(TINY), *ARGS, "--nproc-per-node", "2"]
-    p = subprocess.run(
-        cmd + ["--output-dir", str(tmp_path / "stop")],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["train", TINY, *ARGS, "--nproc-per-node", "2", "--output-dir"]
+    p = sfr_ds(*args, tmp_path / "stop", env=env, check=False)
     dataset = read_metrics(straight)[2]["dataset"]
     assert p.returncode != 0
     assert f"non-finite loss at step 3 (dataset {dataset}" in p.stdout + p.stderr
     assert [r["step"] for r in read_metrics(tmp_path / "stop")] == [1, 2]
 
-    p = subprocess.run(
-        cmd + ["run.on_nonfinite=skip", "--output-dir", str(tmp_path / "skip")],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    sfr_ds(*args, tmp_path / "skip", "run.on_nonfinite=skip", env=env)
     rows, ref = read_metrics(tmp_path / "skip"), read_metrics(straight)
     assert rows[2]["skipped"] is True and rows[2]["loss"] is None and rows[2]["grad_norm"] is None
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref]  # the schedule still follows the step

@@ -5,12 +5,11 @@ evaluates it on a small STS file. Round 2's training job is cancelled while it r
 same command again skips every complete stage and finishes round 2.
 """
 
-import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import ROOT, proc_env
+from conftest import ROOT, proc_env, sfr_ds
 from slurm_cluster import cluster_fixture
 from test_slurm_train import SHRINK, wait_until
 
@@ -22,16 +21,7 @@ ONE_CPU = ["--ntasks=1", "--cpus-per-task=1", "--mem=2G", "--time=20"]
 def rounds(cluster, cfg_path, *args):
     env = cluster.env(proc_env())
     env.update(SFR_DS_PYTHON=sys.executable, SFR_DS_HOME=str(ROOT))
-    p = subprocess.run(
-        [sys.executable, "-m", "sfr_ds.cli", "rounds", str(cfg_path), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p.stdout
+    return sfr_ds("rounds", cfg_path, *args, env=env, timeout=120).stdout
 
 
 def test_two_rounds_with_a_failure_in_round_two(cluster, tmp_path, shared_data):

@@ -4,47 +4,20 @@ from __future__ import annotations
 
 import click
 
+from . import options
+
+TEACHER = "Mining teacher: builtin:minilm | bm25 | a model path | self:RUN_DIR."
+
 
 @click.command("demo", context_settings={"ignore_unknown_options": True})
 @click.argument("overrides", nargs=-1)
 @click.option("--output-dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option(
-    "--config",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Training config [default: configs/demo.yaml, SmolLM2-135M].",
-)
-@click.option(
-    "--teacher",
-    default="builtin:minilm",
-    show_default=True,
-    help="Mining teacher: builtin:minilm | bm25 | a model path | self:RUN_DIR.",
-)
-@click.option(
-    "--records-per-dataset",
-    type=click.IntRange(min=1),
-    default=128,
-    show_default=True,
-    help="Training records taken from each bundled dataset.",
-)
-@click.option(
-    "--range",
-    "window",
-    nargs=2,
-    type=int,
-    default=(30, 100),
-    show_default=True,
-    help="Negatives' rank window [MIN, MAX) of the teacher.",
-)
-@click.option(
-    "--k", type=click.IntRange(min=1), default=7, show_default=True, help="Negatives mined per query."
-)
-@click.option(
-    "--nproc-per-node",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Training ranks [default: every GPU, else 2 CPU ranks].",
-)
+@options.file("--config", "Training config [default: configs/demo.yaml, SmolLM2-135M].")
+@click.option("--teacher", default="builtin:minilm", show_default=True, help=TEACHER)
+@options.count("--records-per-dataset", 128, "Training records taken from each bundled dataset.")
+@options.rank_window("Negatives' rank window [MIN, MAX) of the teacher.")
+@options.count("--k", 7, "Negatives mined per query.")
+@options.nproc_per_node("Training ranks [default: every GPU, else 2 CPU ranks].")
 def command(overrides, output_dir, config, teacher, records_per_dataset, window, k, nproc_per_node):
     """Prepare -> mine (MiniLM teacher) -> evaluate -> train SmolLM2-135M (2 ranks, ZeRO-2,
     GradCache, task-homogeneous batches) -> merge -> evaluate; prints the before/after table.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from . import options
+
 
 class _RunByDefault(click.Group):
     """``sfr-ds eval MODEL ...`` runs ``run`` when the first word is not a sub-command."""
@@ -50,44 +52,36 @@ def _clean_errors(*extra: type[Exception]) -> Iterator[None]:
         raise click.ClickException(str(e)) from None
 
 
+_INSTRUCTIONS = (
+    "Instructions on queries and symmetric tasks. Default by model kind: on for sfr-ds runs and "
+    "decoders, off for BERT-like encoders."
+)
+_POOLING = (
+    "HF models only (default: sentence-transformers config, else mean for encoders, last for decoders)."
+)
+_MODEL_OPTIONS = [
+    click.option("--instructions/--no-instruction", default=None, help=_INSTRUCTIONS),
+    click.option("--pooling", type=click.Choice(["last", "mean", "cls"]), help=_POOLING),
+    click.option("--query-max-len", type=int, help="Default 512 (or the model's max_seq_length)."),
+    click.option("--doc-max-len", type=int, help="Default 512 (or the model's max_seq_length)."),
+    click.option("--dtype", type=click.Choice(["bf16", "fp32"]), help="Default bf16 on GPU, fp32 on CPU."),
+    options.count("--batch-size", 32, "Texts per forward."),
+    options.folder("--cache-dir", "Embedding cache root (default $SFR_DS_CACHE/eval-embeddings)."),
+]
+
+
 def _model_options(f):
-    options = [
-        click.option(
-            "--instructions/--no-instruction",
-            default=None,
-            help="Instructions on queries and symmetric tasks. Default by model kind: "
-            "on for sfr-ds runs and decoders, off for BERT-like encoders.",
-        ),
-        click.option(
-            "--pooling",
-            type=click.Choice(["last", "mean", "cls"]),
-            default=None,
-            help="HF models only (default: sentence-transformers config, else mean for "
-            "encoders and last for decoders).",
-        ),
-        click.option(
-            "--query-max-len", type=int, default=None, help="Default 512 (or the model's max_seq_length)."
-        ),
-        click.option(
-            "--doc-max-len", type=int, default=None, help="Default 512 (or the model's max_seq_length)."
-        ),
-        click.option(
-            "--dtype",
-            type=click.Choice(["bf16", "fp32"]),
-            default=None,
-            help="Default bf16 on GPU, fp32 on CPU.",
-        ),
-        click.option("--batch-size", type=int, default=32, show_default=True),
-        click.option(
-            "--cache-dir",
-            type=click.Path(file_okay=False),
-            default=None,
-            help="Embedding cache root (default $SFR_DS_CACHE/eval-embeddings).",
-        ),
-    ]
-    for option in reversed(options):
+    """How the model reads texts; the command receives them as ``**model_options`` (see ``_spec``)."""
+    for option in reversed(_MODEL_OPTIONS):
         f = option(f)
     return f
+
+
+def _spec(source: str, model: dict):
+    """The model spec of the model options (``cache_dir`` is not part of it)."""
+    from sfr_ds.eval.models import model_spec
+
+    return model_spec(source, **{k: v for k, v in model.items() if k != "cache_dir"})
 
 
 @command.command()
@@ -99,63 +93,41 @@ def _model_options(f):
     help="MTEB task names, benchmark:NAME, or KIND:PATH[?key=value] local tasks "
     "(kinds: retrieval, sts, classification, clustering, reranking); comma-separated or repeated.",
 )
-@click.option(
-    "--suite", default=None, help="A named task suite (dev: the SFR recipe's dev report on local data)."
-)
-@click.option(
-    "--data-root",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Data folder of a local suite (default $SFR_DS_DATA).",
-)
-@click.option(
-    "--output-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Default: RUN/eval for a local model folder, else ./eval/NAME.",
-)
+@click.option("--suite", help="A named task suite (dev: the SFR recipe's dev report on local data).")
+@options.folder("--data-root", "Data folder of a local suite (default $SFR_DS_DATA).", exists=True)
+@options.folder("--output-dir", "Default: RUN/eval for a local model folder, else ./eval/NAME.")
 @_model_options
 @click.option("--slurm", is_flag=True, help="Submit a Slurm job array and return at once.")
-@click.option("--tasks-per-job", type=int, default=1, show_default=True, help="Tasks per array element.")
-@click.option(
-    "--sbatch",
-    "sbatch_values",
-    multiple=True,
-    help='Extra sbatch options, e.g. --sbatch "--partition=gpu --time=4:00:00".',
+@options.count("--tasks-per-job", 1, "Tasks per array element.")
+@options.repeated(
+    "--sbatch", "sbatch_values", 'Extra sbatch options, e.g. --sbatch "--partition=gpu --time=4:00".'
 )
-@click.option("--max-parallel", type=int, default=None, help="At most N array elements at once.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@options.count("--max-parallel", None, "At most N array elements at once.")
+@options.progress
 def run(
     model,
     task_values,
     suite,
     data_root,
     output_dir,
-    instructions,
-    pooling,
-    query_max_len,
-    doc_max_len,
-    dtype,
-    batch_size,
-    cache_dir,
     slurm,
     tasks_per_job,
     sbatch_values,
     max_parallel,
     progress,
+    **model_options,
 ):
     """Evaluate MODEL (a run directory, an adapter folder, a merged or any HF model, builtin:NAME)."""
-    from sfr_ds.eval.models import model_spec
     from sfr_ds.eval.runner import default_out, prepare, task_indices
     from sfr_ds.eval.suite import requested_entries
 
-    spec = model_spec(model, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size)
+    spec = _spec(model, model_options)
     with _clean_errors():
         entries = requested_entries(task_values, suite, data_root)
         if not entries:
             raise click.UsageError("name tasks with --tasks and/or --suite")
         out = Path(output_dir or default_out(spec.source)).resolve()
-        indices = task_indices(prepare(out, spec, entries, cache_dir), entries)
+        indices = task_indices(prepare(out, spec, entries, model_options["cache_dir"]), entries)
     if slurm:
         _submit(out, indices, tasks_per_job, sbatch_values, max_parallel)
     else:
@@ -249,30 +221,14 @@ def compare(evals, output):
 )
 @click.option("--output-dir", type=click.Path(file_okay=False), required=True)
 @_model_options
-def lengths(
-    model_a,
-    model_b,
-    task_spec,
-    output_dir,
-    instructions,
-    pooling,
-    query_max_len,
-    doc_max_len,
-    dtype,
-    batch_size,
-    cache_dir,
-):
+def lengths(model_a, model_b, task_spec, output_dir, **model_options):
     """rank(gold | A) - rank(gold | B) against query and document length: PNG and CSV.
 
     Model options apply to both models; each model's kind decides what is left unset.
     """
     from sfr_ds.eval.length_analysis import analyse
-    from sfr_ds.eval.models import model_spec
 
-    specs = [
-        model_spec(m, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size)
-        for m in (model_a, model_b)
-    ]
+    specs = [_spec(m, model_options) for m in (model_a, model_b)]
     with _clean_errors():
-        csv_path, png_path = analyse(*specs, task_spec, Path(output_dir), cache_dir)
+        csv_path, png_path = analyse(*specs, task_spec, Path(output_dir), model_options["cache_dir"])
     click.echo(f"wrote {png_path} and {csv_path}")

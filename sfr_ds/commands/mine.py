@@ -9,6 +9,8 @@ import click
 
 from sfr_ds.zoo import cache_dir
 
+from . import options
+
 # Rank 0 searches alone between collectives while the other ranks wait for it at the next
 # dataset's encoding (from-records), so the process-group timeout must outlast a search.
 DIST_TIMEOUT_S = 6 * 3600
@@ -26,16 +28,8 @@ DIST_TIMEOUT_S = 6 * 3600
     "--teacher", required=True, help="bm25 | builtin:minilm | a model path (plain HF encoder) | self:RUN_DIR."
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL.")
-@click.option(
-    "--range",
-    "window",
-    nargs=2,
-    type=int,
-    default=(30, 100),
-    show_default=True,
-    help="Rank window [MIN, MAX) after removing positives, 0-based.",
-)
-@click.option("--k", type=int, default=7, show_default=True, help="Negatives per query.")
+@options.rank_window("Rank window [MIN, MAX) after removing positives, 0-based.")
+@options.count("--k", 7, "Negatives per query.")
 @click.option(
     "--margin",
     type=float,
@@ -43,26 +37,12 @@ DIST_TIMEOUT_S = 6 * 3600
     help="Drop candidates scoring >= MARGIN x the positive's score (e.g. 0.95).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draw of k.")
-@click.option(
-    "--dataset",
-    "datasets",
-    multiple=True,
-    help="Mine only records of this dataset (repeatable); others pass through.",
+@options.repeated(
+    "--dataset", "datasets", "Mine only records of this dataset (repeatable); others pass through."
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Embedding cache [default: ($SFR_DS_CACHE or ~/.cache/sfr_ds)/embeddings].",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option(
-    "--shard-size",
-    type=click.IntRange(min=1),
-    default=4096,
-    show_default=True,
-    help="Texts per cached shard: the unit of work per rank and of resume.",
-)
+@options.folder("--cache-dir", "Embedding cache [default: ($SFR_DS_CACHE or ~/.cache/sfr_ds)/embeddings].")
+@options.count("--batch-size", 32, "Texts per forward.")
+@options.count("--shard-size", 4096, "Texts per cached shard: the unit of work per rank and of resume.")
 @click.option(
     "--pooling",
     type=click.Choice(["auto", "mean", "last", "cls"]),
@@ -80,13 +60,8 @@ DIST_TIMEOUT_S = 6 * 3600
 @click.option(
     "--dtype", type=click.Choice(["fp32", "bf16"]), default=None, help="[default: bf16 on GPU, fp32 on CPU]"
 )
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option(
-    "--nproc-per-node",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Start N local ranks (torchrun) that share the corpus encoding.",
-)
+@options.progress
+@options.nproc_per_node("Start N local ranks (torchrun) that share the corpus encoding.")
 @click.pass_context
 def command(
     ctx: click.Context,

@@ -11,6 +11,8 @@ import click
 from sfr_ds.data.records import RecordError, write_jsonl
 from sfr_ds.data.sources import SourceArgsError, convert_all, gather
 
+from . import options
+
 
 @click.command("prepare")
 @click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
@@ -21,12 +23,8 @@ from sfr_ds.data.sources import SourceArgsError, convert_all, gather
     help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).",
 )
 @click.option("--split", default="train", show_default=True, help="BEIR qrels split.")
-@click.option("--sts", type=click.Path(exists=True, dir_okay=False), help="STS-benchmark CSV.")
-@click.option(
-    "--labelled",
-    type=click.Path(exists=True, dir_okay=False),
-    help="CSV with text,category columns (labels as documents).",
-)
+@options.file("--sts", "STS-benchmark CSV.")
+@options.file("--labelled", "CSV with text,category columns (labels as documents).")
 @click.option(
     "--task-type",
     type=click.Choice(["classification", "clustering"]),

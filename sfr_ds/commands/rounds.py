@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
+from . import options
+
 
 @click.command(name="rounds", context_settings={"ignore_unknown_options": True})
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--status", is_flag=True, help="Report each stage's state and submit nothing.")
 @click.option("--local", is_flag=True, help="Run the stages here one after another instead of on Slurm.")
-@click.option("--nproc-per-node", type=int, default=1, show_default=True, help="Training ranks with --local.")
+@options.nproc_per_node("Training ranks with --local.", default=1)
 def command(config, overrides, status, local, nproc_per_node):
     """Per round: mine -> train -> eval (dependent Slurm jobs). Re-run the same command after a
     failure: complete stages are skipped, queued ones reused, the rest submitted."""

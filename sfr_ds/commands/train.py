@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from . import options
+
 
 def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
     """(CONFIG or None, key=value overrides)."""
@@ -24,12 +26,7 @@ def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
 @click.option(
     "--resume", is_flag=True, help="Continue the run in the output directory from its latest checkpoint."
 )
-@click.option(
-    "--nproc-per-node",
-    type=int,
-    default=None,
-    help="Start N local ranks (torchrun) instead of running in this process.",
-)
+@options.nproc_per_node("Start N local ranks (torchrun) instead of running in this process.")
 def command(args, output_dir, resume, nproc_per_node):
     """Train: sfr-ds train CONFIG [key=value ...] [--output-dir DIR] [--resume] [--nproc-per-node N].
 

@@ -55,11 +55,10 @@ class ModelSpec:
         return self
 
 
-def model_spec(source, instructions, pooling, query_max_len, doc_max_len, dtype, batch_size) -> ModelSpec:
-    """The spec the ``sfr-ds eval`` model options describe, local paths made absolute."""
-    return ModelSpec(
-        source, pooling, instructions, query_max_len, doc_max_len, dtype, batch_size
-    ).normalized()
+def model_spec(source: str, **options) -> ModelSpec:
+    """The spec the ``sfr-ds eval`` model options describe (keywords: the spec's fields), local
+    paths made absolute."""
+    return ModelSpec(source, **options).normalized()
 
 
 def kind(source: str) -> str:

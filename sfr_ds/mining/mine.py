@@ -20,7 +20,7 @@ import numpy as np
 from sfr_ds import dist
 from sfr_ds.data.prepare import load_beir_corpus
 from sfr_ds.data.records import OWN_NEGATIVE_TASKS, Record, check_record, read_jsonl, write_jsonl
-from sfr_ds.mining.select import SelectReport, retrieval_depth, select_negatives
+from sfr_ds.mining.select import SelectReport, retrieval_depth, select_negatives, setting_problems
 from sfr_ds.mining.teachers import Ranking, Teacher
 
 FROM_RECORDS = "from-records"
@@ -39,15 +39,7 @@ class MineOptions:
 
     def __post_init__(self):
         """Fail before the teacher spends hours encoding, naming every bad option."""
-        problems = []
-        if not 0 <= self.range_min < self.range_max:
-            problems.append(f"range must satisfy 0 <= MIN < MAX, got {self.range_min} {self.range_max}")
-        if self.k < 1:
-            problems.append(f"k must be >= 1, got {self.k}")
-        if self.margin is not None and self.margin <= 0:
-            problems.append(f"margin must be > 0 (e.g. 0.95), got {self.margin}")
-        if self.seed < 0:
-            problems.append(f"seed must be >= 0, got {self.seed}")
+        problems = setting_problems(self.k, self.range_min, self.range_max, self.margin, self.seed)
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -67,19 +67,11 @@ def select_negatives(
     The draw uses a Generator seeded by (seed, hash of the query key), so a query's negatives do
     not depend on the order or number of the other queries.
     """
-    _check(
-        ranked_ids,
-        ranked_scores,
-        positives,
-        pos_texts,
-        query_keys,
-        positive_scores,
-        k,
-        range_min,
-        range_max,
-        margin,
-        seed,
-    )
+    per_query = {"pos_texts": pos_texts, "query_keys": query_keys, "positive_scores": positive_scores}
+    problems = _shape_problems(ranked_ids, ranked_scores, len(positives), per_query)
+    problems += setting_problems(k, range_min, range_max, margin, seed)
+    if problems:
+        raise ValueError("select_negatives: " + "; ".join(problems))
     report = SelectReport(n_queries=len(positives))
     selected = []
     for i, key in enumerate(query_keys):
@@ -152,21 +144,8 @@ def _draw(pool: list[dict], k: int, seed: int, key: str | int) -> list[dict]:
     return [pool[j] for j in sorted(picks.tolist())]
 
 
-def _check(
-    ranked_ids,
-    ranked_scores,
-    positives,
-    pos_texts,
-    query_keys,
-    positive_scores,
-    k,
-    range_min,
-    range_max,
-    margin,
-    seed,
-) -> None:
-    """Report every bad argument at once, naming it."""
-    nq = len(positives)
+def _shape_problems(ranked_ids, ranked_scores, nq: int, per_query: dict) -> list[str]:
+    """Arrays that do not fit together: [nq, K] rankings, one entry per query elsewhere."""
     problems = []
     if np.ndim(ranked_ids) != 2 or np.shape(ranked_ids) != np.shape(ranked_scores):
         problems.append(
@@ -175,20 +154,21 @@ def _check(
         )
     elif len(ranked_ids) != nq:
         problems.append(f"ranked_ids has {len(ranked_ids)} rows but positives has {nq} queries")
-    for name, seq in (
-        ("pos_texts", pos_texts),
-        ("query_keys", query_keys),
-        ("positive_scores", positive_scores),
-    ):
+    for name, seq in per_query.items():
         if seq is not None and len(seq) != nq:
             problems.append(f"{name} has {len(seq)} entries, expected {nq} (one per query)")
+    return problems
+
+
+def setting_problems(k: int, range_min: int, range_max: int, margin: float | None, seed: int) -> list[str]:
+    """Every bad setting at once, named (``MineOptions`` checks them before any encoding)."""
+    problems = []
     if k < 1:
         problems.append(f"k must be >= 1, got {k}")
     if not 0 <= range_min < range_max:
-        problems.append(f"need 0 <= range_min < range_max, got {range_min}, {range_max}")
+        problems.append(f"the rank window needs 0 <= range_min < range_max, got {range_min} {range_max}")
     if margin is not None and margin <= 0:
         problems.append(f"margin must be > 0 (e.g. 0.95), got {margin}")
     if seed < 0:
         problems.append(f"seed must be >= 0, got {seed}")
-    if problems:
-        raise ValueError("select_negatives: " + "; ".join(problems))
+    return problems

@@ -26,6 +26,9 @@ from sfr_ds.mining.encode_cache import CacheKey, encode_cached, texts_digest
 from sfr_ds.mining.search import search, topk_rows
 from sfr_ds.run_dir import content_digest, find_model_folder, read_meta
 
+Texts = Sequence[str]
+Positives = Sequence[set[int]]  # per query, the corpus rows of its positives
+
 
 @dataclass
 class Ranking:
@@ -38,12 +41,7 @@ class Teacher(Protocol):
     name: str
 
     def rank(
-        self,
-        queries: Sequence[str],
-        instructions: Sequence[str],
-        corpus: Sequence[str],
-        positives: Sequence[set[int]],
-        depth: int,
+        self, queries: Texts, instructions: Texts, corpus: Texts, positives: Positives, depth: int
     ) -> Ranking | None: ...
 
 
@@ -58,12 +56,7 @@ class BM25Rank:
     name = "bm25"
 
     def rank(
-        self,
-        queries: Sequence[str],
-        instructions: Sequence[str],
-        corpus: Sequence[str],
-        positives: Sequence[set[int]],
-        depth: int,
+        self, queries: Texts, instructions: Texts, corpus: Texts, positives: Positives, depth: int
     ) -> Ranking | None:
         if not dist.info().is_main:
             return None
@@ -143,12 +136,7 @@ class DenseRank:
         return self._load()
 
     def rank(
-        self,
-        queries: Sequence[str],
-        instructions: Sequence[str],
-        corpus: Sequence[str],
-        positives: Sequence[set[int]],
-        depth: int,
+        self, queries: Texts, instructions: Texts, corpus: Texts, positives: Positives, depth: int
     ) -> Ranking | None:
         used = [ins if self.query_instruction is None else self.query_instruction for ins in instructions]
         docs = self._embed(list(corpus), "doc", "", self.identity.doc_max_len)
