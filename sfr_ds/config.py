@@ -136,7 +136,54 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("invalid config:\n  - " + "\n  - ".join(problems))
+        if len(problems) == 1:
+            super().__init__(f"invalid config: {problems[0]}")
+        else:
+            super().__init__("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+# ----------------------------------------------------------------------------- YAML files
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key repeated in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} repeated (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | os.PathLike, what: str = "a mapping") -> dict:
+    """A YAML file's top-level mapping; every mistake as one ``ConfigError`` naming the file and line
+    (a missing file, a folder, bad UTF-8, a syntax error or tab indent, a repeated key)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([f"{path}: no such file"])
+    if path.is_dir():
+        raise ConfigError([f"{path}: is a folder; give a YAML file"])
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        hint = " (YAML indents with spaces, not tabs)" if "'\\t'" in str(e.problem) else ""
+        raise ConfigError([f"{where}: {e.problem or e.context}{hint}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML ({e})"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be {what}, got {type(data).__name__}"])
+    return data
 
 
 # ----------------------------------------------------------------------------- parsing
