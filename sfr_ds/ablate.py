@@ -90,9 +90,9 @@ def load_ablate_config(
     path: str | os.PathLike, overrides: list[str] | None = None
 ) -> tuple[AblateConfig, dict[str, Study]]:
     """The config and its studies (each row a ``Variant``); every problem reported at once."""
-    from .config import apply_overrides
+    from .config import apply_overrides, read_yaml
 
-    data = apply_overrides(yaml.safe_load(Path(path).read_text()) or {}, list(overrides or []))
+    data = apply_overrides(read_yaml(path), list(overrides or []))
     problems: list[str] = []
     cfg = build_dataclass(AblateConfig, data, "", problems)
     studies: dict[str, Study] = {}

@@ -257,6 +257,15 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
             p.append(msg)
 
     need(bool(c.data.train_files), "'data.train_files' is empty; give one or more JSONL/Parquet files")
+    need(
+        all(isinstance(f, str) and f for f in c.data.train_files),
+        "'data.train_files' must be a list of paths",
+    )
+    need(
+        all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in c.optim.betas),
+        "'optim.betas' must be two numbers",
+    )
+    need(c.run.dist_timeout_s >= 1, "'run.dist_timeout_s' must be >= 1 (seconds)")
     need(c.data.global_batch_size >= 1, "'data.global_batch_size' must be >= 1 (queries per optimizer step)")
     need(c.data.hard_negatives >= 0, "'data.hard_negatives' must be >= 0")
     need(c.data.query_max_len >= 2, "'data.query_max_len' must be >= 2 (room for text and EOS)")
@@ -301,7 +310,14 @@ def parse_override(item: str) -> tuple[list[str], object]:
             [f"override {item!r} is not of the form key=value (e.g. data.global_batch_size=64)"]
         )
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    if not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError([f"override {item!r}: the key before '=' must be section.field"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"override {item!r}: the value is not valid YAML ({problem})"]) from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -330,14 +346,12 @@ def resolve_path(path: str, base_dirs: list[Path]) -> str:
 def load_config(
     path: str | os.PathLike | None = None, overrides: list[str] | None = None, *, resolve_files: bool = True
 ) -> TrainConfig:
-    """Load YAML, apply overrides, type-check every field and report all problems at once."""
+    """Load YAML, apply overrides, type-check every field and report all problems at once; with
+    ``resolve_files`` also the files it names (training data, the DeepSpeed JSON)."""
     data = {}
     bases = [PROJECT_ROOT]
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+        data = read_yaml(path, "a mapping of sections")
         bases.insert(0, Path(path).resolve().parent)
     data = apply_overrides(data, list(overrides or []))
     problems: list[str] = []
@@ -349,10 +363,80 @@ def load_config(
     if resolve_files:
         cfg.data.train_files = [resolve_path(f, bases) for f in cfg.data.train_files]
         cfg.deepspeed.config = resolve_path(cfg.deepspeed.config, bases)
-        missing = [f for f in cfg.data.train_files + [cfg.deepspeed.config] if not os.path.exists(f)]
-        if missing:
-            raise ConfigError([f"file not found: {m}" for m in missing])
+        problems = _file_checks(cfg)
+        if problems:
+            raise ConfigError(problems)
     return cfg
+
+
+def _file_checks(cfg: TrainConfig) -> list[str]:
+    """The files a config names: training data that exists once each, a valid DeepSpeed JSON."""
+    problems = []
+    seen = set()
+    for f in cfg.data.train_files:
+        if f in seen:
+            problems.append(f"'data.train_files' lists {f} twice: its records would count double")
+        seen.add(f)
+        if not os.path.exists(f):
+            problems.append(f"'data.train_files': file not found: {f}")
+        elif os.path.isdir(f):
+            problems.append(f"'data.train_files': {f} is a folder; give JSONL or Parquet files")
+    return problems + deepspeed_problems(cfg.deepspeed.config, cfg.model.dtype)
+
+
+# Fields sfr-ds derives from its own config; a DeepSpeed JSON that sets them would silently disagree.
+DEEPSPEED_OWNED = {
+    "train_batch_size": "data.global_batch_size",
+    "train_micro_batch_size_per_gpu": "data.global_batch_size",
+    "gradient_accumulation_steps": "gradcache.chunk_size (GradCache replaces accumulation)",
+    "gradient_clipping": "optim.grad_clip",
+    "optimizer": "optim.* (a torch AdamW is passed in: no JIT build)",
+    "scheduler": "optim.warmup_steps (the SFR recipe's linear warm-up and decay)",
+    "fp16": "model.dtype (fp32 or bf16)",
+}
+
+
+def read_deepspeed_json(path: str) -> dict:
+    """The DeepSpeed JSON as a dict, or ``ConfigError`` naming the file (and line) of the mistake."""
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"'deepspeed.config': file not found: {path}"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"'deepspeed.config': {path} is a folder; give a DeepSpeed JSON file"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: a DeepSpeed config is a JSON object, got {type(raw).__name__}"])
+    return raw
+
+
+def deepspeed_problems(path: str, dtype: str) -> list[str]:
+    """Everything wrong with the DeepSpeed JSON for this config, found before any model is built."""
+    try:
+        raw = read_deepspeed_json(path)
+    except ConfigError as e:
+        return e.problems
+    owned = [k for k in DEEPSPEED_OWNED if k in raw]
+    problems = [f"{path}: remove '{k}'; sfr-ds sets it from {DEEPSPEED_OWNED[k]}" for k in owned]
+    zero = raw.get("zero_optimization", {})
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
+        problems.append(f"{path}: 'zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
+    bf16 = raw.get("bf16", {})
+    enabled = bf16.get("enabled", False) if isinstance(bf16, dict) else None
+    if not isinstance(enabled, bool):
+        problems.append(f"{path}: 'bf16.enabled' must be true or false, got {enabled!r}")
+    elif enabled != (dtype == "bf16"):
+        problems.append(
+            f"{path}: bf16.enabled={enabled} but model.dtype={dtype!r}; pick a matching DeepSpeed "
+            "config (e.g. ds_configs/zero2_bf16.json for bf16, ds_configs/zero2.json for fp32)"
+        )
+    return problems
 
 
 def config_from_dict(data: dict) -> TrainConfig:
@@ -365,7 +449,6 @@ def config_from_dict(data: dict) -> TrainConfig:
 
 
 def dump_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
+    from .io import atomic_write
+
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

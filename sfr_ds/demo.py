@@ -111,13 +111,9 @@ def stages(out: Path, o: DemoOptions, gpus: int) -> list[Stage]:
 
 def _base_model(config: str, overrides: list[str]) -> str:
     """The config's model name (the config is validated by ``sfr-ds train``, once its data exist)."""
-    import yaml
+    from .config import ModelConfig, apply_overrides, read_yaml
 
-    from .config import ModelConfig, apply_overrides
-
-    model = (
-        apply_overrides(yaml.safe_load(Path(config).read_text()) or {}, list(overrides)).get("model") or {}
-    )
+    model = apply_overrides(read_yaml(config), list(overrides)).get("model") or {}
     if model.get("random_init"):
         raise RuntimeError(
             f"{config}: the demo evaluates the untrained model by name before training, "

@@ -75,9 +75,10 @@ def launcher_env() -> dict[str, str]:
 
 def torchrun(n: int, *target: str, port: str | None = None) -> list[str]:
     """The command line that starts ``target`` (a script and its arguments, or ``-m MODULE ...``)
-    under torchrun with ``n`` ranks on this machine, on ``port`` (default: a free one)."""
+    under torchrun (``sfr_ds.launch``) with ``n`` ranks on this machine, on ``port`` (default: a
+    free one)."""
     port = port or os.environ.get("MASTER_PORT") or str(_free_port())
-    launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={n}", "--nnodes=1"]
+    launcher = ["-m", "sfr_ds.launch", f"--nproc-per-node={n}", "--nnodes=1"]
     return [sys.executable, *launcher, "--master-addr=127.0.0.1", f"--master-port={port}", *target]
 
 

@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import yaml
-
 from . import pipeline
 from .config import PROJECT_ROOT, ConfigError, build_dataclass, resolve_path
 from .pipeline import Job, Stage, eval_stage, mine_stage, train_stage
@@ -48,9 +46,9 @@ class RoundsConfig:
 
 
 def load_rounds_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RoundsConfig:
-    from .config import apply_overrides
+    from .config import apply_overrides, read_yaml
 
-    data = apply_overrides(yaml.safe_load(Path(path).read_text()) or {}, list(overrides or []))
+    data = apply_overrides(read_yaml(path), list(overrides or []))
     problems: list[str] = []
     cfg = build_dataclass(RoundsConfig, data, "", problems)
     if cfg.rounds < 1:
@@ -66,9 +64,16 @@ def load_rounds_config(path: str | os.PathLike, overrides: list[str] | None = No
     cfg.output_dir = str(Path(cfg.output_dir).resolve())
     if cfg.corpus != "from-records":
         cfg.corpus = resolve_path(cfg.corpus, bases)
-    missing = [p for p in (cfg.train_input, cfg.train_config, cfg.train_script) if not os.path.exists(p)]
+    named = {
+        "train_input": cfg.train_input,
+        "train_config": cfg.train_config,
+        "train_script": cfg.train_script,
+    }
+    if cfg.corpus != "from-records":
+        named["corpus"] = cfg.corpus
+    missing = [f"'{key}': file not found: {path}" for key, path in named.items() if not os.path.exists(path)]
     if missing:
-        raise ConfigError([f"file not found: {m}" for m in missing])
+        raise ConfigError(missing)
     return cfg
 
 

@@ -123,7 +123,13 @@ def plan_start(run: RunDir, resume: bool, save_every: int) -> Start:
                 "or choose another --output-dir"
             )
         return Start()
-    tag = run.latest_tag()
+    try:
+        tag = run.latest_tag()
+    except RunDirError as e:  # the pointer names a checkpoint that is gone or half written
+        complete = run.complete_tags()
+        if not complete:
+            raise
+        return Start(complete[-1], note=f"WARNING {e}; resuming from the newest complete one, {complete[-1]}")
     if tag is not None:
         return Start(tag)
     last = last_logged_step(run)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import dist
-from .config import ConfigError, TrainConfig, config_from_dict, dump_config
+from .config import ConfigError, TrainConfig, config_from_dict, dump_config, read_yaml
 from .data.prefetch import prefetched
 from .data.step_inputs import TrainingData, arithmetic, per_rank_queries, rank_rows
 from .data.tokens import to_device
@@ -37,13 +37,14 @@ def train(cfg: TrainConfig, resume: bool = False, after_backward: Callable | Non
     me = dist.setup(cfg.run.dist_timeout_s)
     stop = StopFlag()
     run = RunDir(cfg.run.output_dir)
-    start = open_run(run, cfg, resume)
+    start = plan_run(run, cfg, resume)
     if start.finished:
         return run.root
     data = TrainingData.load(cfg)
     chunks = ChunkPolicy.from_config(cfg.gradcache)
     for line in [*data.describe(), arithmetic(cfg, me.world, chunks)]:
         say(line)
+    write_run_config(run, cfg)
     engine, tokenizer = build_engine(cfg, run, data.total_steps, me.world)
     first = checkpoints.load(engine, run, start.tag) if start.tag else 0
     if start.tag:
@@ -89,14 +90,15 @@ def train(cfg: TrainConfig, resume: bool = False, after_backward: Callable | Non
     return run.root
 
 
-def open_run(run: RunDir, cfg: TrainConfig, resume: bool) -> Start:
-    """Decide how the run starts in its folder (``run_dir.plan_start``), check a resumed run's
-    config against its own, and write ``run.yaml``; every rank takes the same decision."""
+def plan_run(run: RunDir, cfg: TrainConfig, resume: bool) -> Start:
+    """How the run starts in its folder (``run_dir.plan_start``; a checkpoint that cannot be read
+    safely gives way to the newest one that can), with a resumed run's config checked against its
+    own. Nothing is written yet; every rank takes the same decision."""
     start = plan_start(run, resume, cfg.run.save_every)
+    if start.tag is not None:
+        start = checkpoints.readable(run, start)
     if resume and run.config_file.exists():
-        import yaml
-
-        saved = config_from_dict(yaml.safe_load(run.config_file.read_text(encoding="utf-8")))
+        saved = config_from_dict(read_yaml(run.config_file))
         if changed := config_changes(saved.to_dict(), cfg.to_dict()):
             raise ConfigError(
                 [
@@ -106,11 +108,15 @@ def open_run(run: RunDir, cfg: TrainConfig, resume: bool) -> Start:
             )
     if start.note:
         say(start.note)
-    if dist.info().is_main and not start.finished:
+    return start
+
+
+def write_run_config(run: RunDir, cfg: TrainConfig) -> None:
+    """``run.yaml``: the resolved config, where it now lies (a moved run records its new folder)."""
+    if dist.info().is_main:
         run.root.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run.config_file)
     dist.barrier()
-    return start
 
 
 def build_engine(cfg: TrainConfig, run: RunDir, total_steps: int, world: int):

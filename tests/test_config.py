@@ -62,11 +62,12 @@ def test_deepspeed_json_must_agree(tmp_path):
     bad.write_text(
         json.dumps({"bf16": {"enabled": True}, "gradient_clipping": 5.0, "zero_optimization": {"stage": 2}})
     )
-    cfg = load_config(TINY, [f"deepspeed.config={bad}"])
-    with pytest.raises(ConfigError) as e:
-        ds_config(cfg, 4)
+    with pytest.raises(ConfigError) as e:  # found when the config is loaded, before any model is built
+        load_config(TINY, [f"deepspeed.config={bad}"])
     assert any("gradient_clipping" in p and "optim.grad_clip" in p for p in e.value.problems)
     assert any("bf16.enabled=True but model.dtype='fp32'" in p for p in e.value.problems)
+    with pytest.raises(ConfigError, match="gradient_clipping"):  # and by the engine's own reader
+        ds_config(load_config(TINY, [f"deepspeed.config={bad}"], resolve_files=False), 4)
     good = ds_config(load_config(TINY), 4)
     assert good["train_micro_batch_size_per_gpu"] == 4 and good["gradient_clipping"] == 1.0
 

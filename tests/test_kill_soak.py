@@ -25,7 +25,7 @@ def _ranks(run_dir) -> list[int]:
     return [
         pid
         for pid in orphans(run_dir)
-        if b"torch.distributed.run" not in open(f"/proc/{pid}/cmdline", "rb").read()
+        if b"sfr_ds.launch" not in open(f"/proc/{pid}/cmdline", "rb").read()
     ]
 
 

@@ -37,7 +37,9 @@ def command(overrides, output_dir, config, teacher, records_per_dataset, window,
     )
     if config:
         options.config = config
+    from ..config import ConfigError
+
     try:
         run_demo(output_dir, options)
-    except RuntimeError as e:
+    except (RuntimeError, ConfigError) as e:
         raise click.ClickException(str(e)) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -32,36 +33,63 @@ def command(args, output_dir, resume, nproc_per_node):
 
     With --resume and no CONFIG the run's own run.yaml is used.
     """
-    from ..config import ConfigError, load_config
-    from ..data.records import RecordError
-
-    config_path, overrides = _split_args(args)
-    if nproc_per_node and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+    cfg = _config(args, output_dir, resume)  # every config mistake found here, before any rank starts
+    if nproc_per_node and not _launched():
+        from ..data.step_inputs import per_rank_queries
         from ..dist import spawn_local
 
+        with _one_line():
+            per_rank_queries(cfg, nproc_per_node)
         argv = [
             *args,
             *(["--output-dir", output_dir] if output_dir else []),
             *(["--resume"] if resume else []),
         ]
         sys.exit(spawn_local(nproc_per_node, "train", argv))
-    if output_dir:
-        overrides.append(f"run.output_dir={Path(output_dir).resolve()}")
-    try:
-        if config_path is None:
-            if not (resume and output_dir):
-                raise click.UsageError("give a CONFIG, or --resume with --output-dir of an existing run")
-            config_path = str(Path(output_dir) / "run.yaml")
-        cfg = load_config(config_path, overrides)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
     from ..dist import cleanup
-    from ..run_dir import RunDirError
     from ..train import train
 
     try:
-        train(cfg, resume=resume)
-    except (ConfigError, RecordError, RunDirError) as e:
-        raise click.ClickException(str(e)) from None
+        with _one_line():
+            train(cfg, resume=resume)
     finally:
         cleanup()
+
+
+def _launched() -> bool:
+    """This process is one rank of a launcher (torchrun, the deepspeed launcher, srun)."""
+    return "RANK" in os.environ or "SLURM_PROCID" in os.environ
+
+
+def _config(args: tuple[str, ...], output_dir: str | None, resume: bool):
+    from ..config import load_config
+
+    config_path, overrides = _split_args(args)
+    if output_dir:
+        overrides.append(f"run.output_dir={Path(output_dir).resolve()}")
+    if config_path is None:
+        if not (resume and output_dir):
+            raise click.UsageError("give a CONFIG, or --resume with --output-dir of an existing run")
+        config_path = str(Path(output_dir) / "run.yaml")
+        if not Path(config_path).is_file():
+            raise click.UsageError(
+                f"--resume: {output_dir} has no run.yaml (not an sfr-ds run); give a CONFIG"
+            )
+    with _one_line():
+        return load_config(config_path, overrides)
+
+
+@contextmanager
+def _one_line():
+    """A user's mistake (config, data, run folder) as one clean error. Every rank meets the same
+    mistake, so only rank 0 says it; the others just exit with the same status."""
+    from ..config import ConfigError
+    from ..data.records import RecordError
+    from ..run_dir import RunDirError
+
+    try:
+        yield
+    except (ConfigError, RecordError, RunDirError) as e:
+        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+            sys.exit(1)
+        raise click.ClickException(str(e)) from None

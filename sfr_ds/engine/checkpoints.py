@@ -22,11 +22,11 @@ import torch
 
 from .. import dist
 from ..io import atomic_write, atomic_write_json
-from ..run_dir import COMPLETE, RunDir
+from ..run_dir import COMPLETE, RunDir, RunDirError, Start
 from .backend import deepspeed
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RunDirError):
     """A checkpoint that cannot be read; the message says which file and what is wrong."""
 
 
@@ -57,6 +57,42 @@ def save(engine, run: RunDir, step: int, keep: int) -> str:
 def _prune(run: RunDir, keep: int) -> None:
     for old in run.complete_tags()[:-keep]:
         shutil.rmtree(run.checkpoint(old), ignore_errors=True)
+
+
+def unreadable(tag_dir: Path) -> str | None:
+    """Why a complete checkpoint cannot be resumed from (a file truncated, corrupt, or holding
+    something ``weights_only`` refuses to unpickle), naming the file; None if every file reads.
+    Files are memory-mapped, so this reads their structure, not their gigabytes."""
+    for path in sorted(tag_dir.glob("*.pt")) + sorted(tag_dir.glob("*/*.pt")):
+        try:
+            safe_load(path, mmap=True)
+        except Exception as e:  # any failure to read means: do not resume from it
+            return f"{path} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    return None
+
+
+def readable(run: RunDir, start: Start) -> Start:
+    """``start``, or the newest earlier complete checkpoint whose files all read (with a warning
+    naming what was wrong); rank 0 decides, so every rank resumes from the same one."""
+    if dist.info().is_main:
+        tags = [t for t in run.complete_tags() if t <= start.tag] or [start.tag]
+        problems, chosen = [], None
+        for tag in reversed(tags):
+            why = unreadable(run.checkpoint(tag))
+            if why is None:
+                chosen = tag
+                break
+            problems.append(why)
+        decision = (chosen, problems)
+    else:
+        decision = None
+    chosen, problems = dist.broadcast_object(decision)
+    if chosen is None:
+        raise CheckpointError("no checkpoint of this run can be resumed: " + "; ".join(problems))
+    if chosen == start.tag:
+        return start
+    note = f"WARNING {problems[0]}; resuming from {chosen}, the newest checkpoint that reads"
+    return Start(chosen, note="\n".join(filter(None, [start.note, note])))
 
 
 def load(engine, run: RunDir, tag: str) -> int:

@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, deepspeed_problems, read_deepspeed_json
 from .backend import deepspeed
-
-# Fields sfr-ds derives from its own config; a DeepSpeed JSON that sets them would silently disagree.
-OWNED = {
-    "train_batch_size": "data.global_batch_size",
-    "train_micro_batch_size_per_gpu": "data.global_batch_size",
-    "gradient_accumulation_steps": "gradcache.chunk_size (GradCache replaces accumulation)",
-    "gradient_clipping": "optim.grad_clip",
-    "optimizer": "optim.* (a torch AdamW is passed in: no JIT build)",
-    "scheduler": "optim.warmup_steps (the SFR recipe's linear warm-up and decay)",
-    "fp16": "model.dtype (fp32 or bf16)",
-}
 
 
 def ds_config(cfg: TrainConfig, per_rank_queries: int) -> dict:
     """The DeepSpeed JSON named in the config, checked and completed from our own fields."""
-    path = cfg.deepspeed.config
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    problems = [
-        f"{path}: remove '{k}'; sfr-ds sets it from {where}" for k, where in OWNED.items() if k in raw
-    ]
-    bf16 = bool(raw.get("bf16", {}).get("enabled", False))
-    if bf16 != (cfg.model.dtype == "bf16"):
-        problems.append(
-            f"{path}: bf16.enabled={bf16} but model.dtype={cfg.model.dtype!r}; pick a "
-            "matching DeepSpeed config (e.g. ds_configs/zero2_bf16.json for bf16, "
-            "ds_configs/zero2.json for fp32)"
-        )
+    problems = deepspeed_problems(cfg.deepspeed.config, cfg.model.dtype)
     if problems:
         raise ConfigError(problems)
-    out = dict(raw)
+    out = read_deepspeed_json(cfg.deepspeed.config)
     out.update(
         train_micro_batch_size_per_gpu=per_rank_queries,
         gradient_accumulation_steps=1,
