@@ -109,8 +109,8 @@ def plan_start(run: RunDir, resume: bool, save_every: int) -> Start:
     A finished run is never trained again (with ``--resume``, as a requeued finished Slurm job
     does, it is a no-op). Without ``--resume`` a folder that holds any run state is refused. With
     it, the newest complete checkpoint is taken; with none, training starts over only if no
-    checkpoint can ever have existed (the run stopped before its first save), since steps are
-    deterministic and nothing would be lost.
+    checkpoint can ever have been complete (the run stopped before or during its first save):
+    steps are deterministic, so nothing is lost.
     """
     if run.finished():
         if resume:
@@ -132,13 +132,14 @@ def plan_start(run: RunDir, resume: bool, save_every: int) -> Start:
         return Start(complete[-1], note=f"WARNING {e}; resuming from the newest complete one, {complete[-1]}")
     if tag is not None:
         return Start(tag)
-    last = last_logged_step(run)
-    if run.final.exists() or run.checkpoints.exists() or last >= save_every:
+    # A step after the first save is only ever logged once that save completed (the loop waits for
+    # it), so metrics beyond it, or a final folder, mean checkpoints existed and are gone.
+    if run.final.exists() or last_logged_step(run) > save_every:
         raise RunDirError(
             f"{run.root} holds {_state_of(run)} but no complete checkpoint to resume from; training "
             "again would overwrite it. Choose another --output-dir, or remove the folder to start over"
         )
-    return Start(note=f"--resume: no checkpoint in {run.root} yet; starting from step 1")
+    return Start(note=f"--resume: no complete checkpoint in {run.root} yet; starting from step 1")
 
 
 def _state_of(run: RunDir) -> str:

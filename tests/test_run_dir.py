@@ -112,3 +112,31 @@ def test_checkpoints_latest_and_locate(tmp_path):
     run.latest_file.write_text(run.tag(6))
     with pytest.raises(RunDirError, match="names 'step-00000006'"):
         run.latest_tag()
+
+
+def test_plan_start_resumes_starts_or_refuses(tmp_path):
+    from sfr_ds.run_dir import plan_start
+
+    run = RunDir(tmp_path / "run")
+    assert (
+        plan_start(run, resume=False, save_every=2) == plan_start(run, resume=True, save_every=2).__class__()
+    )
+    # killed during its first save (step 2): a half-written checkpoint, metrics up to step 2
+    run.checkpoint(run.tag(2)).mkdir(parents=True)
+    run.metrics_file.write_text('{"step": 1}\n{"step": 2}\n')
+    start = plan_start(run, resume=True, save_every=2)
+    assert start.tag is None and "starting from step 1" in start.note
+    with pytest.raises(RunDirError, match="pass --resume"):
+        plan_start(run, resume=False, save_every=2)
+    # a step past the first save was logged: a complete checkpoint existed, and is gone
+    run.metrics_file.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+    with pytest.raises(RunDirError, match="no complete checkpoint to resume from"):
+        plan_start(run, resume=True, save_every=2)
+    (run.checkpoint(run.tag(2)) / "complete.json").write_text("{}")
+    run.latest_file.write_text(run.tag(2))
+    assert plan_start(run, resume=True, save_every=2).tag == "step-00000002"
+    run.final.mkdir()
+    (run.final / META).write_text("{}")
+    assert plan_start(run, resume=True, save_every=2).finished
+    with pytest.raises(RunDirError, match="finished run"):
+        plan_start(run, resume=False, save_every=2)
