@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import IO, Any
 
 
+class OutputError(ValueError):
+    """An output path that would destroy a file the user has; refused before any work."""
+
+
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
@@ -103,3 +107,34 @@ def sha256_files(paths: Iterable[Path]) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file by either name: a link, ``..`` or another spelling of the path counts."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: compare the names as they resolve
+        return a.resolve() == b.resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return folder.resolve() in path.resolve().parents
+
+
+def check_output(out: str | os.PathLike, inputs=(), overwrite: bool = False, folders=()) -> None:
+    """Refuse, before any work, an output that is one of the ``inputs`` or lies inside one of the
+    input ``folders`` (a model), even with ``overwrite``; and an existing file unless ``overwrite``."""
+    out = Path(out)
+    for src in inputs:
+        if _same_file(out, Path(src)):
+            what = "one of the inputs" if str(out) == str(src) else f"the same file as the input {src}"
+            raise OutputError(f"{out}: is {what}; choose another output (nothing was written)")
+    for folder in folders:
+        if _inside(out, Path(folder)):
+            raise OutputError(
+                f"{out}: lies inside the input {folder}; choose another output (nothing was written)"
+            )
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder; the output is a file")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise OutputError(f"{out}: exists; pass --overwrite to replace it, or choose another output")

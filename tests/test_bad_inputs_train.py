@@ -294,7 +294,7 @@ def test_broken_checkpoints_only(finished, tmp_path):
     for states in run.glob("checkpoints/step-*/mp_rank_00_model_states.pt"):
         states.write_bytes(states.read_bytes()[:100])
     says = ["no checkpoint of this run can be resumed"]
-    says += [f"step-0000000{s}/mp_rank_00_model_states.pt cannot be read safely" for s in (2, 4)]
+    says += [f"step-0000000{s}/mp_rank_00_model_states.pt: cannot be read" for s in (2, 4)]
     refused("train", *RUN_ARGS, "--resume", "--output-dir", run, where=tmp_path, says=says, timeout=300)
 
 

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, proc_env, sfr_ds
+from conftest import ROOT, SHARED_DATA, proc_env, sfr_ds
 from slurm_cluster import cluster_fixture
+from test_bad_inputs_eval import HOSTILE, STS_JSONL, hf_model, write
 from test_eval import mini_beir
 
 cluster = cluster_fixture(scope="module")
@@ -132,3 +133,24 @@ def test_slurm_submit_status_collect_and_resubmit_failed_task_alone(cluster, dat
     assert "BrokenRetrieval" in log and "SciFact:" not in log and "STSBenchmark" not in log
     status = cli(cluster, "status", out).stdout
     assert all(" done " in line for line in status.splitlines()[1:])
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_sbatch_reads_a_hostile_output_path_whole(cluster, hostile, tmp_path):
+    """sbatch parses the script's #SBATCH lines itself (bash skips them): with spaces, quotes,
+    $(...), backticks and % in the output path, the element's log lands in OUT/slurm/logs and the
+    worker records its (fail-fast: the model changed) result in OUT; nothing the path holds runs."""
+    t = tmp_path / hostile
+    data = write(t / "data" / "pairs.jsonl", STS_JSONL)
+    model, out = hf_model(t / "model"), t / "out"
+    p = cli(cluster, model, "--tasks", f"sts:{data}?name=Pairs", "--slurm", "--output-dir", out,
+            "--sbatch", "--cpus-per-task=1 --hold")  # fmt: skip
+    job = p.stdout.split("submitted job ")[1].split(":")[0]
+    write(model / "retrained.txt", "new weights")  # the element stops at once: the model changed
+    cluster.run("scontrol", "release", job)
+    p = cli(cluster, "collect", out, "--wait", "--poll", "1", "--timeout", "120", check=False)
+    assert p.returncode == 1 and "Pairs" in p.stdout, p.stdout + p.stderr
+    log = (out / "slurm" / "logs" / f"{job}_0.out").read_text()
+    assert "Pairs: FAILED" in log and "changed since" in log, log
+    assert json.loads((out / "status" / "Pairs.json").read_text())["job"] == f"{job}_0"
+    assert not [*tmp_path.rglob("INJECTED"), *ROOT.glob("INJECTED")]

@@ -23,9 +23,7 @@ TRIALS = int(os.environ.get("SFR_DS_SOAK_TRIALS", "20"))
 
 def _ranks(run_dir) -> list[int]:
     return [
-        pid
-        for pid in orphans(run_dir)
-        if b"sfr_ds.launch" not in open(f"/proc/{pid}/cmdline", "rb").read()
+        pid for pid in orphans(run_dir) if b"sfr_ds.launch" not in open(f"/proc/{pid}/cmdline", "rb").read()
     ]
 
 

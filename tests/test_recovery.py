@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from bad_inputs import hashes
 from conftest import TINY, sfr_ds, untimed_metrics
 from safetensors.torch import load_file
 
@@ -48,6 +49,15 @@ class Payload:
         return pathlib.Path.touch, (pathlib.Path(self.marker),)
 
 
+def test_resuming_a_finished_run_does_nothing(straight, tmp_path):
+    """A requeued finished job: --resume of a finished run says so, exits 0, changes nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    before = hashes(run)
+    assert "is finished" in sfr_ds("train", *ARGS, "--resume", "--output-dir", run).stdout
+    assert hashes(run) == before
+
+
 def test_a_moved_run_resumes_where_it_lies(straight, tmp_path):
     moved = unfinished(straight, tmp_path / "elsewhere" / "moved run")
     out = sfr_ds("train", "--resume", "--output-dir", moved).stdout
@@ -63,7 +73,8 @@ def test_a_pickle_payload_in_a_checkpoint_never_runs(straight, tmp_path):
     torch.save({"module": Payload(marker)}, run / STATES)
     out = sfr_ds("train", *ARGS, "--resume", "--output-dir", run).stdout
     assert not marker.exists(), "unpickling a checkpoint ran code"
-    assert f"WARNING {run / STATES} cannot be read safely" in out and "resuming from step-00000002" in out
+    assert f"WARNING {run / STATES}: reading it would run code" in out
+    assert "resuming from step-00000002" in out
     assert_same_adapter(straight, run)  # steps 3-4 redone from step 2: the same model
 
 
@@ -71,7 +82,7 @@ def test_a_truncated_latest_checkpoint_gives_way_to_the_previous_one(straight, t
     run = unfinished(straight, tmp_path / "run")
     (run / STATES).write_bytes((run / STATES).read_bytes()[:1000])
     out = sfr_ds("train", *ARGS, "--resume", "--output-dir", run).stdout
-    assert f"WARNING {run / STATES} cannot be read safely" in out and "resuming from step-00000002" in out
+    assert f"WARNING {run / STATES}: cannot be read" in out and "resuming from step-00000002" in out
     assert_same_adapter(straight, run)
 
 

@@ -40,15 +40,15 @@ def command():
 
 
 @contextmanager
-def _clean_errors(*extra: type[Exception]) -> Iterator[None]:
-    """A library error (bad task spec or settings, a broken model folder, Slurm) as one clean
-    ``Error:`` line rather than a traceback."""
-    from sfr_ds.run_dir import RunDirError
+def _clean_errors() -> Iterator[None]:
+    """A user's mistake (a bad task spec or data file, a broken model folder, a folder that is no
+    evaluation, Slurm) as one clean ``Error:`` line rather than a traceback: every such error of
+    sfr_ds.eval is a ValueError naming the file, line and field."""
     from sfr_ds.slurm import SlurmError
 
     try:
         yield
-    except (ValueError, RunDirError, SlurmError, *extra) as e:
+    except (ValueError, SlurmError) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -62,8 +62,8 @@ _POOLING = (
 _MODEL_OPTIONS = [
     click.option("--instructions/--no-instruction", default=None, help=_INSTRUCTIONS),
     click.option("--pooling", type=click.Choice(["last", "mean", "cls"]), help=_POOLING),
-    click.option("--query-max-len", type=int, help="Default 512 (or the model's max_seq_length)."),
-    click.option("--doc-max-len", type=int, help="Default 512 (or the model's max_seq_length)."),
+    options.count("--query-max-len", None, "Default 512 (or the model's max_seq_length)."),
+    options.count("--doc-max-len", None, "Default 512 (or the model's max_seq_length)."),
     click.option("--dtype", type=click.Choice(["bf16", "fp32"]), help="Default bf16 on GPU, fp32 on CPU."),
     options.count("--batch-size", 32, "Texts per forward."),
     options.folder("--cache-dir", "Embedding cache root (default $SFR_DS_CACHE/eval-embeddings)."),
@@ -119,15 +119,20 @@ def run(
 ):
     """Evaluate MODEL (a run directory, an adapter folder, a merged or any HF model, builtin:NAME)."""
     from sfr_ds.eval.runner import default_out, prepare, task_indices
+    from sfr_ds.eval.slurm import check_script_path
     from sfr_ds.eval.suite import requested_entries
 
-    spec = _spec(model, model_options)
     with _clean_errors():
+        spec = _spec(model, model_options)
         entries = requested_entries(task_values, suite, data_root)
         if not entries:
             raise click.UsageError("name tasks with --tasks and/or --suite")
         out = Path(output_dir or default_out(spec.source)).resolve()
-        indices = task_indices(prepare(out, spec, entries, model_options["cache_dir"]), entries)
+        if slurm:
+            check_script_path(out)
+        # a Slurm submit reads each file's first row only; its elements read the rest
+        manifest = prepare(out, spec, entries, model_options["cache_dir"], read_all=not slurm)
+        indices = task_indices(manifest, entries)
     if slurm:
         _submit(out, indices, tasks_per_job, sbatch_values, max_parallel)
     else:
@@ -144,7 +149,8 @@ def _submit(out: Path, indices: list[int], per_job: int, sbatch_values, max_para
 def _evaluate(out: Path, indices: list[int], progress: bool) -> None:
     from sfr_ds.eval.suite import evaluate
 
-    failed = evaluate(out, indices, progress)
+    with _clean_errors():
+        failed = evaluate(out, indices, progress)
     click.echo((out / "summary.md").read_text())
     click.echo(f"results: {out}")
     if failed:
@@ -153,12 +159,14 @@ def _evaluate(out: Path, indices: list[int], progress: bool) -> None:
 
 @command.command(hidden=True)
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
-@click.option("--element", type=int, required=True)
+@click.option("--element", type=click.IntRange(min=0), required=True)
 def worker(out, element):
     """One Slurm array element: the tasks of manifest element N."""
     from sfr_ds.eval.slurm import run_element
 
-    sys.exit(1 if run_element(Path(out), element) else 0)
+    with _clean_errors():
+        failed = run_element(Path(out), element)
+    sys.exit(1 if failed else 0)
 
 
 @command.command()
@@ -167,19 +175,23 @@ def status(out):
     """Each task's state: done (score), pending, running, failed (why, and the log), not run."""
     from sfr_ds.eval.slurm import status_table, task_states
 
-    click.echo(status_table(task_states(Path(out))))
+    with _clean_errors():
+        click.echo(status_table(task_states(Path(out))))
 
 
 @command.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 @click.option("--wait", is_flag=True, help="Wait until no task is pending or running.")
-@click.option("--poll", type=float, default=10.0, show_default=True, help="Seconds between checks.")
-@click.option("--timeout", type=float, default=None, help="Stop waiting after this many seconds.")
+@click.option(
+    "--poll", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between checks."
+)
+@click.option("--timeout", type=click.FloatRange(min=0), help="Stop waiting after this many seconds.")
 def collect(out, wait, poll, timeout):
     """Aggregate finished tasks into summary.md/summary.json; name the ones that are not done."""
     from sfr_ds.eval.slurm import collect as collect_folder
 
-    text, all_done = collect_folder(Path(out).resolve(), wait, poll, timeout)
+    with _clean_errors():
+        text, all_done = collect_folder(Path(out).resolve(), wait, poll, timeout)
     click.echo(text)
     if not all_done:
         sys.exit(1)
@@ -193,23 +205,28 @@ def resubmit(out, names, sbatch_values):
     """Re-submit failed tasks, each alone in its own array element."""
     from sfr_ds.eval.slurm import resubmit as resubmit_tasks
 
-    with _clean_errors(KeyError):
+    with _clean_errors():
         click.echo(resubmit_tasks(Path(out).resolve(), list(names) or None, sbatch_values))
 
 
 @command.command()
 @click.argument("evals", nargs=-1, required=True)
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the table here.")
-def compare(evals, output):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file (never an input).")
+def compare(evals, output, overwrite):
     """Models side by side (evaluation folders or model paths), with deltas against the first."""
     from sfr_ds.eval.runner import find_eval
+    from sfr_ds.eval.suite import check_table_output, read_scores
     from sfr_ds.eval.suite import compare as compare_table
-    from sfr_ds.eval.suite import read_scores
+    from sfr_ds.io import atomic_write
 
-    with _clean_errors(FileNotFoundError):
-        text = compare_table([read_scores(find_eval(e)) for e in evals])
+    with _clean_errors():
+        folders = [find_eval(e) for e in evals]
+        if output:
+            check_table_output(Path(output), list(evals), folders, overwrite)
+        text = compare_table([read_scores(folder) for folder in folders])
     if output:
-        Path(output).write_text(text)
+        atomic_write(output, text)
     click.echo(text)
 
 
@@ -220,15 +237,20 @@ def compare(evals, output):
     "--task", "task_spec", required=True, help="A local retrieval task, e.g. retrieval:DATA/scifact."
 )
 @click.option("--output-dir", type=click.Path(file_okay=False), required=True)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace lengths.csv and lengths.png already in --output-dir."
+)
 @_model_options
-def lengths(model_a, model_b, task_spec, output_dir, **model_options):
+def lengths(model_a, model_b, task_spec, output_dir, overwrite, **model_options):
     """rank(gold | A) - rank(gold | B) against query and document length: PNG and CSV.
 
     Model options apply to both models; each model's kind decides what is left unset.
     """
     from sfr_ds.eval.length_analysis import analyse
 
-    specs = [_spec(m, model_options) for m in (model_a, model_b)]
     with _clean_errors():
-        csv_path, png_path = analyse(*specs, task_spec, Path(output_dir), model_options["cache_dir"])
+        specs = [_spec(m, model_options) for m in (model_a, model_b)]
+        csv_path, png_path = analyse(
+            *specs, task_spec, Path(output_dir), model_options["cache_dir"], overwrite=overwrite
+        )
     click.echo(f"wrote {png_path} and {csv_path}")

@@ -1,12 +1,20 @@
-"""``sfr-ds mine``: fill a training JSONL's negatives from a teacher's ranking."""
+"""``sfr-ds mine``: fill a training JSONL's negatives from a teacher's ranking.
+
+Everything the user gave is checked before any work, most of it before torch is imported
+(``mining.plan``): the output (never one of the inputs; an existing file only with ``--overwrite``),
+the settings, the records, the corpus, then the mining extra and the teacher. Mining can take
+hours; a mistake in any of these is one line at once.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 import click
 
+from sfr_ds.io import check_output
 from sfr_ds.zoo import cache_dir
 
 from . import options
@@ -14,6 +22,7 @@ from . import options
 # Rank 0 searches alone between collectives while the other ranks wait for it at the next
 # dataset's encoding (from-records), so the process-group timeout must outlast a search.
 DIST_TIMEOUT_S = 6 * 3600
+MINING_EXTRA = ("faiss", "bm25s")  # what `pip install -e ".[mining]"` adds
 
 
 @click.command("mine")
@@ -28,6 +37,7 @@ DIST_TIMEOUT_S = 6 * 3600
     "--teacher", required=True, help="bm25 | builtin:minilm | a model path (plain HF encoder) | self:RUN_DIR."
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL.")
+@options.overwrite
 @options.rank_window("Rank window [MIN, MAX) after removing positives, 0-based.")
 @options.count("--k", 7, "Negatives per query.")
 @click.option(
@@ -69,6 +79,7 @@ def command(
     corpus,
     teacher,
     out,
+    overwrite,
     window,
     k,
     margin,
@@ -89,29 +100,67 @@ def command(
 
     Prints the teacher's recall@100 on the mined queries and how many got fewer than k.
     """
-    from sfr_ds import dist
-
-    if nproc_per_node and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
-        sys.exit(dist.spawn_local(nproc_per_node, "mine", _argv(ctx)))
-    from sfr_ds.mining.mine import MineOptions, mine_file
-    from sfr_ds.mining.teachers import CacheOptions, EncodeOptions, make_teacher
+    from sfr_ds.mining.plan import MineOptions, check_teacher, corpus_file, plan_file
 
     try:
         options = MineOptions(window[0], window[1], k, margin, seed, tuple(datasets))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    encode = EncodeOptions(pooling, query_max_len, doc_max_len, dtype, batch_size, query_instruction)
-    cache = CacheOptions(_cache_root(cache_dir), shard_size, progress)
+    with _one_line():
+        check_output(out, [input, *filter(None, [corpus_file(corpus)])], overwrite, _teacher_folders(teacher))
+        plan = plan_file(input, corpus, options)
+        check_teacher(teacher, pooling)
+    mine, teachers = _mining_modules()
+    encode = teachers.EncodeOptions(pooling, query_max_len, doc_max_len, dtype, batch_size, query_instruction)
+    cache = teachers.CacheOptions(_cache_root(cache_dir), shard_size, progress)
+    with _one_line():
+        teacher_ = teachers.make_teacher(teacher, encode, cache)
+    from sfr_ds import dist
+
+    if nproc_per_node and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+        sys.exit(dist.spawn_local(nproc_per_node, "mine", _argv(ctx)))
     dist.setup(DIST_TIMEOUT_S)
     try:
-        report = mine_file(input, corpus, make_teacher(teacher, encode, cache), out, options)
-    except (ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+        with _one_line():
+            report = mine.mine_plan(plan, teacher_, options)
+            if report is not None:
+                mine.write_mined(plan.records, out)
     finally:
         dist.cleanup()
     if report is not None:
         click.echo(str(report))
         click.echo(f"wrote {out}")
+
+
+@contextmanager
+def _one_line():
+    """A user's mistake (bad records or corpus, a damaged teacher folder, an output that would
+    destroy a file) as one ``Error:`` line: these are ValueErrors (RecordError, RunDirError...)
+    or OSErrors naming their file."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _mining_modules():
+    """``sfr_ds.mining.mine`` and ``teachers``; without the mining extra, how to install it."""
+    try:
+        from sfr_ds.mining import mine, teachers
+    except ImportError as e:
+        missing = e.name if e.name in MINING_EXTRA else next((m for m in MINING_EXTRA if m in str(e)), None)
+        if missing is None:
+            raise
+        raise click.ClickException(
+            f'mining needs {missing}, which cannot be imported ({e}): pip install -e ".[mining]"'
+        ) from None
+    return mine, teachers
+
+
+def _teacher_folders(spec: str) -> list[str]:
+    """The model folder a teacher reads (an output must not land inside it)."""
+    path = spec.removeprefix("self:")
+    return [path] if os.path.isdir(path) else []
 
 
 def _cache_root(given: str | None):
@@ -128,7 +177,7 @@ def _argv(ctx: click.Context) -> list[str]:
         if isinstance(param, click.Argument):
             argv.append(str(value))
         elif getattr(param, "is_flag", False):
-            argv.append(param.opts[0] if value else param.secondary_opts[0])
+            argv += [param.opts[0]] if value else param.secondary_opts[:1]
         else:
             for one in value if param.multiple else [value]:
                 argv += [param.opts[0], *map(str, one if param.nargs > 1 else [one])]

@@ -34,4 +34,9 @@ def nproc_per_node(help: str, default: int | None = None):
     return count("--nproc-per-node", default, help)
 
 
+overwrite = click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing --out file (never one of the inputs, which is always refused).",
+)
 progress = click.option("--progress/--no-progress", default=True, show_default=True)

@@ -1,15 +1,17 @@
 """``sfr-ds prepare``: raw sources (BEIR, STS, labelled CSV) to one training JSONL.
 
 One source can be named on the command line; several go in a small YAML (``sfr_ds.data.sources``
-documents it).
+documents it). The output is refused before anything is converted when it is one of the inputs
+or, without ``--overwrite``, an existing file; it is written atomically.
 """
 
 from __future__ import annotations
 
 import click
 
-from sfr_ds.data.records import RecordError, write_jsonl
-from sfr_ds.data.sources import SourceArgsError, convert_all, gather
+from sfr_ds.data.records import write_jsonl
+from sfr_ds.data.sources import Source, SourceArgsError, convert_all, gather
+from sfr_ds.io import check_output
 
 from . import options
 
@@ -39,7 +41,8 @@ from . import options
     metavar="DATASET=TEXT",
     help="Instruction for a dataset, over the built-in table (repeatable).",
 )
-def command(config, out, beir, split, sts, labelled, task_type, dataset, instructions):
+@options.overwrite
+def command(config, out, beir, split, sts, labelled, task_type, dataset, instructions, overwrite):
     """Write one training JSONL: sfr-ds prepare [SOURCES.yaml] [--beir|--sts|--labelled PATH] --out OUT.
 
     Prints records written and source items skipped, by reason, per source.
@@ -47,9 +50,18 @@ def command(config, out, beir, split, sts, labelled, task_type, dataset, instruc
     cli = dict(beir=beir, sts=sts, labelled=labelled, dataset=dataset, split=split, task_type=task_type)
     try:
         sources, overrides = gather(config, cli, instructions)
-        records = convert_all(sources, overrides, click.echo)
     except SourceArgsError as e:
         raise click.UsageError(str(e)) from None
-    except (RecordError, ValueError, OSError) as e:
+    except ValueError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {write_jsonl(records, out)} records to {out}")
+    try:
+        check_output(out, _inputs(config, sources), overwrite)
+        records = convert_all(sources, overrides, click.echo)
+        click.echo(f"wrote {write_jsonl(records, out)} records to {out}")
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _inputs(config: str | None, sources: list[Source]) -> list:
+    """Every file the command reads: the sources YAML and each source's files."""
+    return ([config] if config else []) + [f for source in sources for f in source.inputs()]

@@ -1,33 +1,48 @@
 """Load training records from local JSONL / Parquet files or a hub dataset name.
 
 JSONL is read line by line by ``records.read_jsonl`` so that errors name the exact line; Parquet
-and hub datasets go through ``datasets`` and errors name the row (1-based, as ``line``).
+and hub datasets go through ``datasets`` and errors name the row (1-based, as ``line``). Every
+problem of a file is a ``RecordError`` naming it, never a library traceback.
 """
 
 from __future__ import annotations
 
 import os
 
-from .records import Record, RecordError, check_record, read_jsonl
+from .records import Record, RecordError, check_record, read_jsonl, unknown_keys, warn_unknown_keys
+
+
+def _dataset(source: str):
+    """The rows of a Parquet file or hub dataset; a file ``datasets`` cannot read is one error."""
+    import datasets
+
+    try:
+        if os.path.exists(source):
+            return datasets.load_dataset("parquet", data_files=source, split="train")
+        return datasets.load_dataset(source, split="train")  # a hub name, where a hub is reachable
+    except Exception as e:  # pyarrow and the hub raise many types; the user needs the file and why
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RecordError(f"{source}: cannot be read as Parquet or a hub dataset ({reason})") from None
 
 
 def _read_with_datasets(source: str) -> list[Record]:
-    import datasets
-
-    if os.path.exists(source):
-        ds = datasets.load_dataset("parquet", data_files=source, split="train")
-    else:  # a hub name, where a hub is reachable
-        ds = datasets.load_dataset(source, split="train")
-    out = [check_record(row, f"{source}:{i}") for i, row in enumerate(ds, 1)]
+    out, odd = [], []
+    for i, row in enumerate(_dataset(source), 1):
+        out.append(check_record(row, f"{source}:{i}"))
+        if keys := unknown_keys(row):
+            odd.append((f"{source}:{i}", keys))
     if not out:
         raise RecordError(f"{source}: holds no records")
+    warn_unknown_keys(source, odd)
     return out
 
 
 def load_records(source: str) -> list[Record]:
+    if os.path.isdir(source):
+        raise RecordError(f"{source}: is a folder; give JSONL or Parquet files")
     if source.endswith((".jsonl", ".json")):
         if not os.path.exists(source):
-            raise FileNotFoundError(f"training file not found: {source}")
+            raise RecordError(f"training file not found: {source}")
         return read_jsonl(source)
     return _read_with_datasets(source)
 

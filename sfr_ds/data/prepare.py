@@ -3,8 +3,9 @@
 Every function returns ``(records, report)``: the records already pass ``check_record`` (so a
 later step never meets a half-valid one) and the report says how many source items were dropped
 and why, so a user can tell a small output from a broken input. Negatives are left empty for
-retrieval and STS; mining fills them later. Malformed input lines raise ``RecordError`` with the
-file and 1-based line, as ``records.read_jsonl`` does.
+retrieval and STS; mining fills them later. Malformed input lines (bad JSON or CSV, bytes that
+are not UTF-8, a repeated id) raise ``RecordError`` with the file and 1-based line, as
+``records.read_jsonl`` does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sfr_ds.data.records import OWN_NEGATIVE_TASKS, Record, RecordError, check_record, iter_jsonl
+from sfr_ds.data.records import OWN_NEGATIVE_TASKS, Record, RecordError, check_record, iter_jsonl, text_lines
 
 # Task instructions in the e5-mistral style (one sentence, no trailing "Query:"); keys are
 # lower-case dataset names. Symmetric tasks (STS) use one generic instruction for both sides.
@@ -114,22 +115,45 @@ def _emit(record: Record, where: str, out: list[Record], report: PrepareReport) 
 # ---------------------------------------------------------------------------------------- BEIR
 
 
-def _read_beir_jsonl(path: Path, fields: tuple[str, ...]) -> Iterator[dict]:
-    """Yield the objects of a BEIR JSONL file, failing loudly (file:line) on a bad line.
+def _csv_rows(path: str | os.PathLike, reader) -> Iterator[list]:
+    """The rows of a ``csv`` reader over ``path``; a row csv cannot parse is one error naming its line."""
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise RecordError(f"{path}:{reader.line_num}: not a valid CSV row ({e})") from None
+        yield row
 
-    ``_id`` is required (a number is read as its string); the other ``fields`` may be absent
-    (BEIR omits empty titles) but must be strings when present.
+
+def _tsv(path: str | os.PathLike):
+    """A tab-separated reader of ``path`` that decodes line by line (``records.text_lines``)."""
+    return csv.reader((line for _, line in text_lines(path)), delimiter="\t", quoting=csv.QUOTE_NONE)
+
+
+def _read_beir_jsonl(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+    """Yield (``file:line``, object) of a BEIR JSONL file, failing loudly (file:line) on a bad line.
+
+    ``_id`` is required (a number is read as its string) and unique: a repeated id would silently
+    replace the earlier document or query. The other ``fields`` may be absent (BEIR omits empty
+    titles) but must be strings when present.
     """
+    first: dict[str, str] = {}
     for where, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
             raise RecordError(f"{where}: expected a JSON object")
         if not isinstance(obj.get("_id"), (str, int)) or isinstance(obj["_id"], bool):
             raise RecordError(f"{where}: field '_id' is missing or not a string")
         obj["_id"] = str(obj["_id"])  # some dumps write numeric ids; qrels hold strings
+        if obj["_id"] in first:
+            raise RecordError(f"{where}: _id {obj['_id']!r} repeated (first at {first[obj['_id']]})")
+        first[obj["_id"]] = where
         for name in fields:
             if not isinstance(obj.get(name, ""), str):
                 raise RecordError(f"{where}: field '{name}' is not a string")
-        yield obj
+        yield where, obj
 
 
 def doc_text(title: str, text: str) -> str:
@@ -142,28 +166,29 @@ def load_beir_corpus(path: str | os.PathLike) -> dict[str, str]:
     """Map doc id to its document string (see ``doc_text``)."""
     return {
         obj["_id"]: doc_text(obj.get("title", ""), obj.get("text", ""))
-        for obj in _read_beir_jsonl(Path(path), ("title", "text"))
+        for _, obj in _read_beir_jsonl(Path(path), ("title", "text"))
     }
 
 
 def _load_queries(path: Path) -> dict[str, str]:
-    return {obj["_id"]: obj.get("text", "").strip() for obj in _read_beir_jsonl(path, ("text",))}
+    return {obj["_id"]: obj.get("text", "").strip() for _, obj in _read_beir_jsonl(path, ("text",))}
 
 
 def _load_qrels(path: Path) -> dict[str, list[tuple[str, float]]]:
     """Query id -> [(doc id, score)] in file order; the header row is optional."""
     qrels: dict[str, list[tuple[str, float]]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not row or (lineno == 1 and row[0] == "query-id"):
-                continue
-            try:
-                qid, did, score = row[0], row[1], float(row[2])
-            except (IndexError, ValueError):
-                raise RecordError(
-                    f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}"
-                ) from None
-            qrels.setdefault(qid, []).append((did, score))
+    reader = _tsv(path)
+    for row in _csv_rows(path, reader):
+        lineno = reader.line_num
+        if not row or (lineno == 1 and row[0] == "query-id"):
+            continue
+        try:
+            qid, did, score = row[0], row[1], float(row[2])
+        except (IndexError, ValueError):
+            raise RecordError(
+                f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}"
+            ) from None
+        qrels.setdefault(qid, []).append((did, score))
     return qrels
 
 
@@ -177,6 +202,10 @@ def from_beir(
     do not match this corpus, so its remaining positives cannot be trusted either.
     """
     root = Path(dir)
+    if not root.is_dir():
+        raise RecordError(
+            f"{root}: not a folder; a BEIR source is a folder (corpus.jsonl, queries.jsonl, qrels/)"
+        )
     instruction = instruction_for(dataset, instruction)
     corpus = load_beir_corpus(root / "corpus.jsonl")
     queries = _load_queries(root / "queries.jsonl")
@@ -226,31 +255,28 @@ def from_sts(
     instruction = instruction_for(dataset, instruction)
     report = PrepareReport(os.fspath(path))
     records: list[Record] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            where = f"{path}:{lineno}"
-            if not row:
-                continue
-            try:
-                score = float(row[4])
-                s1, s2 = row[5].strip(), row[6].strip()
-            except (IndexError, ValueError):
-                raise RecordError(
-                    f"{where}: expected genre, filename, year, id, score, "
-                    f"sentence1, sentence2 (tab-separated)"
-                ) from None
-            if score < min_score:
-                report.skip("below min_score")
-            elif not s1 or not s2:
-                report.skip("empty sentence")
-            else:
-                pair_id = f"{row[1]}-{row[2]}-{row[3]}"
-                id1, id2 = f"{pair_id}/s1", f"{pair_id}/s2"
-                for query, pos, qid, pid in ((s1, s2, id1, id2), (s2, s1, id2, id1)):
-                    extra = {"query_id": qid, "pos_ids": [pid], "pair_id": pair_id, "score": score}
-                    _emit(
-                        Record(query, [pos], [], "sts", dataset, instruction, extra), where, records, report
-                    )
+    reader = _tsv(path)
+    for row in _csv_rows(path, reader):
+        where = f"{path}:{reader.line_num}"
+        if not row:
+            continue
+        try:
+            score = float(row[4])
+            s1, s2 = row[5].strip(), row[6].strip()
+        except (IndexError, ValueError):
+            raise RecordError(
+                f"{where}: expected genre, filename, year, id, score, sentence1, sentence2 (tab-separated)"
+            ) from None
+        if score < min_score:
+            report.skip("below min_score")
+        elif not s1 or not s2:
+            report.skip("empty sentence")
+        else:
+            pair_id = f"{row[1]}-{row[2]}-{row[3]}"
+            id1, id2 = f"{pair_id}/s1", f"{pair_id}/s2"
+            for query, pos, qid, pid in ((s1, s2, id1, id2), (s2, s1, id2, id1)):
+                extra = {"query_id": qid, "pos_ids": [pid], "pair_id": pair_id, "score": score}
+                _emit(Record(query, [pos], [], "sts", dataset, instruction, extra), where, records, report)
     return records, report
 
 
@@ -266,16 +292,19 @@ def _read_labelled(
     path: str | os.PathLike, text_field: str, label_field: str
 ) -> Iterator[tuple[str, str, str]]:
     """Yield (text, label, ``file:line``) from a CSV with a header row."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [n for n in (text_field, label_field) if n not in (reader.fieldnames or [])]
-        if missing:
-            raise RecordError(f"{path}:1: header {reader.fieldnames} lacks column(s) {missing}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if row[text_field] is None or row[label_field] is None:
-                raise RecordError(f"{where}: row has fewer columns than the header")
-            yield row[text_field].strip(), row[label_field].strip(), where
+    reader = csv.DictReader(line for _, line in text_lines(path))
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as e:
+        raise RecordError(f"{path}:1: not a valid CSV header ({e})") from None
+    missing = [n for n in (text_field, label_field) if n not in header]
+    if missing:
+        raise RecordError(f"{path}:1: header {header} lacks column(s) {missing}")
+    for row in _csv_rows(path, reader):
+        where = f"{path}:{reader.line_num}"
+        if row[text_field] is None or row[label_field] is None:
+            raise RecordError(f"{where}: row has fewer columns than the header")
+        yield row[text_field].strip(), row[label_field].strip(), where
 
 
 def from_labelled(

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from sfr_ds.io import atomic_file
 
 # Task types whose labels are the documents: the query is scored against its own positive and
 # negatives only (the seed: "applying contrastive loss only to their specific negatives").
@@ -28,6 +32,10 @@ TASK_TYPES = frozenset(
 REQUIRED = ("query", "pos", "neg", "task_type", "dataset", "instruction")
 # Optional fields: when present they must be lists aligned with ``pos`` / ``neg``.
 ALIGNED = {"pos_ids": "pos", "neg_ids": "neg", "neg_scores": "neg", "neg_ranks": "neg"}
+# Every optional key prepare and mine write; any other key is kept but never read, so it is
+# most likely a typo (``pos_idz``) and is reported once per file.
+OPTIONAL = ("query_id", *ALIGNED, "pair_id", "score", "label")
+_WARNED: set[str] = set()  # files whose unknown keys were reported in this process
 
 
 class RecordError(ValueError):
@@ -43,6 +51,7 @@ class Record:
     dataset: str
     instruction: str
     extra: dict = field(default_factory=dict)  # query_id, pos_ids, neg_ids, neg_scores, ...
+    where: str = field(default="", compare=False, repr=False)  # ``file:line`` it was read from
 
     @property
     def loss_mode(self) -> str:
@@ -111,40 +120,89 @@ def check_record(obj, where: str) -> Record:
         obj["dataset"],
         obj["instruction"],
         extra,
+        where,
     )
+
+
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of a UTF-8 text file, line endings kept (as ``csv`` wants).
+
+    Bytes that are not UTF-8 are read as lone surrogates and reported with their line, so a
+    user learns where the file is damaged instead of seeing a codec traceback; a folder or a
+    missing file is one error too.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise RecordError(f"{path}: is a folder; expected a file")
+    if not os.path.exists(path):
+        raise RecordError(f"{path}: no such file")
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as e:
+                byte = ord(line[e.start]) - 0xDC00
+                raise RecordError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{byte:02x} at character {e.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
+            yield lineno, line
 
 
 def iter_jsonl(path: str | os.PathLike):
     """Yield (``file:line``, decoded value) per non-blank line; a bad line raises naming it."""
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def unknown_keys(obj: dict) -> list[str]:
+    """Keys of a record that no part of sfr-ds reads (a None value counts as absent: Parquet
+    fills a column's missing cells with None)."""
+    return [k for k, v in obj.items() if k not in REQUIRED and k not in OPTIONAL and v is not None]
+
+
+def warn_unknown_keys(path: str | os.PathLike, found: list[tuple[str, list[str]]]) -> None:
+    """One stderr line per file (on rank 0, once per process) for records with unknown keys;
+    ``found`` holds (``file:line``, keys) per such record. A warning, not an error: the keys are
+    kept, so a file with extra columns of its own still trains."""
+    path = os.fspath(path)
+    if not found or path in _WARNED or os.environ.get("RANK", "0") != "0":
+        return
+    _WARNED.add(path)
+    keys = sorted({k for _, ks in found for k in ks})
+    print(
+        f"warning: {path}: {len(found)} record(s) hold unknown key(s) {keys} (first: {found[0][0]}); "
+        f"sfr-ds reads only {list(REQUIRED)} and {list(OPTIONAL)}: a typo?",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Record]:
     """Read and validate a JSONL training file. Blank lines are allowed and skipped."""
-    records = [check_record(obj, where) for where, obj in iter_jsonl(path)]
+    records, odd = [], []
+    for where, obj in iter_jsonl(path):
+        records.append(check_record(obj, where))
+        if keys := unknown_keys(obj):
+            odd.append((where, keys))
     if not records:
         raise RecordError(f"{path}: holds no records")
+    warn_unknown_keys(path, odd)
     return records
 
 
 def write_jsonl(records, path: str | os.PathLike) -> int:
     """Write records (``Record`` or dicts) atomically; returns the count."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for r in records:
             f.write(json.dumps(r.to_json() if isinstance(r, Record) else r, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n

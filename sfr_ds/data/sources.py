@@ -9,8 +9,9 @@
       - {labelled: ../shared/data/banking77/train.csv, dataset: banking77, n_neg: 7}
 
 Each source's other keys are the keyword arguments of its function in ``sfr_ds.data.prepare``
-(``from_beir``, ``from_sts``, ``from_labelled``), so the YAML follows the code; relative paths are
-read from the YAML's folder.
+(``from_beir``, ``from_sts``, ``from_labelled``), so the YAML follows the code, types included;
+relative paths are read from the YAML's folder. ``Source.inputs`` names the files a source reads,
+so that ``sfr-ds prepare`` can refuse an output that is one of them before converting anything.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from sfr_ds.config import ConfigError, read_yaml
 from sfr_ds.data.prepare import PrepareReport, from_beir, from_labelled, from_sts
-from sfr_ds.data.records import Record
+from sfr_ds.data.records import Record, RecordError
 
 CONVERTERS = {"beir": from_beir, "sts": from_sts, "labelled": from_labelled}
 
@@ -46,13 +46,52 @@ class Source:
         options = dict(self.options)
         if "instruction" not in options and options.get("dataset") in instructions:
             options["instruction"] = instructions[options["dataset"]]
-        return CONVERTERS[self.kind](self.path, **options)
+        try:
+            return CONVERTERS[self.kind](self.path, **options)
+        except RecordError:
+            raise  # names its file and line already
+        except ValueError as e:  # a setting of the source (dataset, n_neg, ...): say which source
+            raise ValueError(f"{self.path} ({self.kind} source): {e}") from None
+
+    def inputs(self) -> list[Path]:
+        """The files this source reads: its file, or a BEIR folder's corpus, queries and qrels."""
+        if self.kind != "beir":
+            return [Path(self.path)]
+        root = Path(self.path)
+        split = self.options.get("split", "train")
+        return [root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{split}.tsv"]
 
 
 def converter_keys(kind: str) -> tuple[list[str], list[str]]:
     """(allowed, required) keyword arguments of the converter: the YAML follows the code."""
     params = list(inspect.signature(CONVERTERS[kind]).parameters.values())[1:]
     return [p.name for p in params], [p.name for p in params if p.default is p.empty]
+
+
+# Python types of the annotations the converters use (``from __future__`` makes them strings).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "None": (type(None),),
+    "Mapping[str, str]": (dict,),
+}
+
+
+def _type_ok(value, annotation: str) -> bool:
+    """Whether a YAML value fits a converter's annotation (``true`` is no number)."""
+    allowed = tuple(t for part in annotation.split("|") for t in _TYPES.get(part.strip(), (object,)))
+    return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+
+
+def type_problems(kind: str, options: dict, label: str) -> list[str]:
+    """Options whose YAML value has the wrong type, each named: a converter would fail deep inside."""
+    params = inspect.signature(CONVERTERS[kind]).parameters
+    return [
+        f"{label}: {name} must be {params[name].annotation}, got {value!r}"
+        for name, value in options.items()
+        if name in params and not _type_ok(value, str(params[name].annotation))
+    ]
 
 
 def _parse_source(n: int, item) -> tuple[Source | None, list[str]]:
@@ -68,12 +107,29 @@ def _parse_source(n: int, item) -> tuple[Source | None, list[str]]:
         problems.append(f"source {n} ({kind}): unknown key(s) {unknown}; allowed: {allowed}")
     if missing := [k for k in required if k not in options]:
         problems.append(f"source {n} ({kind}): missing key(s) {missing}")
+    problems += type_problems(kind, options, f"source {n} ({kind})")
+    if not isinstance(item[kind], str) or not item[kind]:
+        return None, [*problems, f"source {n} ({kind}): the path must be a string, got {item[kind]!r}"]
     return Source(kind, item[kind], options), problems
+
+
+def _read_spec(path: str) -> dict:
+    """The YAML's mapping; a file YAML cannot read is one error naming its line (``read_yaml``)."""
+    try:
+        return read_yaml(path, "a mapping with 'sources'")
+    except ConfigError as e:
+        raise SourcesError("; ".join(e.problems)) from None
+
+
+def _instruction_problems(instructions) -> list[str]:
+    if not isinstance(instructions, dict) or not all(isinstance(v, str) for v in instructions.values()):
+        return ["instructions must map dataset names to instruction strings"]
+    return []
 
 
 def sources_from_yaml(path: str) -> tuple[list[Source], dict[str, str]]:
     """Sources and per-dataset instruction overrides; every problem of the file reported at once."""
-    spec = yaml.safe_load(Path(path).read_text()) or {}
+    spec = _read_spec(path)
     base = Path(path).resolve().parent
     problems = [
         f"unknown top-level key {k!r} (expected sources, instructions)"
@@ -81,10 +137,13 @@ def sources_from_yaml(path: str) -> tuple[list[Source], dict[str, str]]:
         if k not in ("sources", "instructions")
     ]
     instructions = spec.get("instructions") or {}
-    if not isinstance(instructions, dict):
-        problems.append("instructions must map dataset names to instruction strings")
+    problems += _instruction_problems(instructions)
+    items = spec.get("sources") or []
+    if not isinstance(items, list):
+        problems.append(f"sources must be a list of sources, got {type(items).__name__}")
+        items = []
     sources = []
-    for n, item in enumerate(spec.get("sources") or [], 1):
+    for n, item in enumerate(items, 1):
         source, found = _parse_source(n, item)
         problems += found
         if source is not None:
@@ -93,7 +152,7 @@ def sources_from_yaml(path: str) -> tuple[list[Source], dict[str, str]]:
         problems.append("no sources listed")
     if problems:
         raise SourcesError(f"{path}:\n  - " + "\n  - ".join(problems))
-    return sources, instructions
+    return sources, dict(instructions)
 
 
 def source_from_cli(

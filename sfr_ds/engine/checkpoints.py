@@ -14,6 +14,8 @@ and export runs DeepSpeed's ``zero_to_fp32`` with a ``torch`` whose ``load`` is 
 
 from __future__ import annotations
 
+import pickle
+import re
 import shutil
 from pathlib import Path
 from unittest import mock
@@ -59,15 +61,34 @@ def _prune(run: RunDir, keep: int) -> None:
         shutil.rmtree(run.checkpoint(old), ignore_errors=True)
 
 
+def why_unreadable(error: Exception) -> str:
+    """What stopped ``torch.load(weights_only=True)``, in one line."""
+    code = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if isinstance(error, pickle.UnpicklingError) and code:
+        return f"reading it would run code ({code[1]}); refused: a checkpoint holds tensors only"
+    unpickler = re.search(r"WeightsUnpickler error: ([^\n]+)", str(error))
+    reason = unpickler[1] if unpickler else (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"cannot be read ({reason or type(error).__name__}); the file is truncated or damaged"
+
+
+def load_safely(path: Path):
+    """``safe_load`` memory-mapped (no tensor data is read); a file that fails so is read again
+    plainly, whose error says more (mmap fails on any file that is not a whole zip archive)."""
+    try:
+        return safe_load(path, mmap=True)
+    except Exception:
+        return safe_load(path)
+
+
 def unreadable(tag_dir: Path) -> str | None:
-    """Why a complete checkpoint cannot be resumed from (a file truncated, corrupt, or holding
+    """Why a complete checkpoint cannot be resumed from (a file truncated, damaged, or holding
     something ``weights_only`` refuses to unpickle), naming the file; None if every file reads.
-    Files are memory-mapped, so this reads their structure, not their gigabytes."""
-    for path in sorted(tag_dir.glob("*.pt")) + sorted(tag_dir.glob("*/*.pt")):
+    Any exception counts: it is a property of the file, and the user needs its name."""
+    for path in sorted(tag_dir.glob("*.pt")) + sorted(tag_dir.glob("*/*.pt")):  # as resume reads them
         try:
-            safe_load(path, mmap=True)
-        except Exception as e:  # any failure to read means: do not resume from it
-            return f"{path} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            load_safely(path)
+        except Exception as e:
+            return f"{path}: {why_unreadable(e)}"
     return None
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import ModelSpec, label
+from ..io import atomic_file
+from .models import ModelSpec, check_model, label
 
 
 @dataclass
@@ -73,14 +74,30 @@ def _embed(
 
 
 def analyse(
-    spec_a: ModelSpec, spec_b: ModelSpec, task_spec: str, out: Path, cache_dir: str | None = None
+    spec_a: ModelSpec,
+    spec_b: ModelSpec,
+    task_spec: str,
+    out: Path,
+    cache_dir: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
-    """Write ``lengths.csv`` and ``lengths.png`` under ``out``; returns their paths."""
-    from .tasks import local_task, parse_local
+    """Write ``lengths.csv`` and ``lengths.png`` under ``out``; returns their paths. The models, the
+    task's data and the outputs are checked before any model loads."""
+    from .readers import read_retrieval
+    from .specs import parse_local
+    from .tasks import local_task
 
     local = parse_local(task_spec)
     if local is None or local.kind != "retrieval":
         raise ValueError(f"{task_spec}: the length analysis needs a local retrieval task (retrieval:DIR)")
+    for spec in (spec_a, spec_b):
+        check_model(spec.source)
+    read_retrieval(local)
+    csv_path, png_path = out / "lengths.csv", out / "lengths.png"
+    if not overwrite and (there := [str(p) for p in (csv_path, png_path) if p.exists()]):
+        raise ValueError(
+            f"{', '.join(there)}: already there; pass --overwrite to replace, or another --output-dir"
+        )
     task = local_task(local)
     task.load_data()
     data = task.dataset["default"][local.split]
@@ -108,15 +125,13 @@ def analyse(
         )
         for (qi, di), ra, rb in zip(pairs, *ranks)
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out / "lengths.csv", out / "lengths.png"
     write_csv(rows, csv_path)
     plot(rows, label(spec_a), label(spec_b), task.metadata.name, png_path)
     return csv_path, png_path
 
 
 def write_csv(rows: list[Pair], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_file(path) as f:
         w = csv.writer(f)
         w.writerow(["query_id", "doc_id", "query_words", "doc_words", "rank_a", "rank_b", "rank_a_minus_b"])
         w.writerows(
@@ -161,5 +176,6 @@ def plot(rows: list[Pair], name_a: str, name_b: str, task: str, path: Path) -> N
         f"({wins:.0f}% of pairs), below 0 = {name_a} does"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)

@@ -1,7 +1,8 @@
 """Which model to evaluate and how it reads texts: a run, its adapter, a merged folder or any HF model.
 
 Nothing here imports torch until ``load_model``: a login node only needs ``ModelSpec``,
-``fingerprint`` and ``label`` to write a manifest and submit.
+``fingerprint`` and ``label`` to write a manifest and submit, and ``check_model`` to refuse a
+model that cannot load (a missing path, a folder that is no model, a broken adapter) at once.
 
 Instruction policy (``ModelSpec.instructions``; ``None`` means the model kind's default):
 
@@ -17,13 +18,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..run_dir import RunDir, content_digest, is_adapter, model_folder, read_meta
+from ..model_files import check_model_folder, check_transformers_folder
+from ..run_dir import (
+    META,
+    RunDir,
+    base_model_path,
+    content_digest,
+    is_adapter,
+    model_folder,
+    read_meta,
+)
 
 DEFAULT_MAX_LEN = 512  # e5-mistral's evaluation length, for queries and documents alike
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # a hub repo id's shape
+
+
+class ModelError(ValueError):
+    """A model that cannot be evaluated; the message names what is missing or broken."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,59 @@ def fingerprint(spec: ModelSpec) -> str:
     for stamp in stamps:
         h.update(f"{stamp}\n".encode())
     return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- checks before any work
+
+
+def check_model(source: str) -> None:
+    """Refuse, before any work and without torch, a model that cannot load: a local path that does
+    not exist, a folder that is neither an sfr-ds model folder nor a transformers model, an sfr-ds
+    folder whose metadata, adapter or random-init base is unreadable or gone, an unknown
+    ``builtin:`` name, or (offline) a hub name that is not in the local cache."""
+    if source.startswith("builtin:"):
+        from ..zoo import BUILTINS
+
+        if source not in BUILTINS:
+            raise ModelError(f"unknown built-in model {source!r}; known: {sorted(BUILTINS)}")
+        return
+    path = Path(source).expanduser()
+    if path.exists():
+        _check_folder(path)
+    elif not HUB_NAME.fullmatch(source):  # a path: /x, ./x, ~/x, a/b/c
+        raise ModelError(f"{source}: no such model folder")
+    else:
+        _check_hub_name(source)
+
+
+def _check_hub_name(name: str) -> None:
+    """Offline, a hub name must be in the local cache; online, the hub answers when it loads."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ModelError(
+            f"{name}: no such model folder, and not a model in the Hugging Face cache "
+            "(HF_HUB_OFFLINE is set, so nothing is downloaded)"
+        )
+
+
+def _check_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelError(f"{path}: a file, not a model folder")
+    folder = model_folder(path)
+    if folder is None:
+        if RunDir(path).config_file.exists():
+            raise ModelError(
+                f"{path}: a training run with no final model ({RunDir(path).final} has no {META}); "
+                "let it finish, or `sfr-ds export` one of its checkpoints"
+            )
+        check_transformers_folder(path)
+        return
+    meta = check_model_folder(folder)  # RunDirError naming the file (a random-init base included)
+    if is_adapter(folder):
+        check_model(base_model_path(folder, meta))
+    else:
+        check_transformers_folder(folder)
 
 
 @dataclass

@@ -20,10 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json
-from .models import ModelSpec, fingerprint, label, owner
-from .tasks import TaskEntry
+from .models import ModelSpec, check_model, fingerprint, label, owner
+from .readers import check_data
+from .specs import TaskEntry
 
 MANIFEST = "eval.json"
+
+
+class EvalFolderError(ValueError):
+    """A folder that is not (or no longer) a readable evaluation; the message names the file."""
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of an evaluation folder; one that was edited or cut short is an error naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EvalFolderError(f"{path}: cannot be read ({e})") from None
 
 
 def default_out(source: str) -> Path:
@@ -39,7 +52,7 @@ def find_eval(arg: str) -> Path:
     for candidate in (Path(arg), default_out(arg)):
         if (candidate / MANIFEST).exists():
             return candidate
-    raise FileNotFoundError(
+    raise EvalFolderError(
         f"{arg}: no evaluation found (neither {arg}/{MANIFEST} nor {default_out(arg)}/{MANIFEST})"
     )
 
@@ -77,7 +90,7 @@ class Manifest:
     def index(self, name: str) -> int:
         names = [t.name for t in self.tasks]
         if name not in names:
-            raise KeyError(f"no task {name!r} in this evaluation; tasks: {', '.join(names)}")
+            raise EvalFolderError(f"no task {name!r} in this evaluation; tasks: {', '.join(names)}")
         return names.index(name)
 
     def save(self, out: Path) -> None:
@@ -94,25 +107,36 @@ class Manifest:
     @classmethod
     def load(cls, out: Path) -> Manifest:
         path = out / MANIFEST
-        if not path.exists():
-            raise FileNotFoundError(f"{out} is not an sfr-ds evaluation folder (no {MANIFEST})")
-        data = json.loads(path.read_text())
-        return cls(
-            ModelSpec.from_json(data["model"]),
-            data["label"],
-            data["revision"],
-            [TaskEntry(**t) for t in data["tasks"]],
-            data["cache_dir"],
-            data["elements"],
-        )
+        if not path.is_file():
+            raise EvalFolderError(f"{out} is not an sfr-ds evaluation folder (no {MANIFEST})")
+        data = read_json(path)
+        try:
+            return cls(
+                ModelSpec.from_json(data["model"]),
+                data["label"],
+                data["revision"],
+                [TaskEntry(**t) for t in data["tasks"]],
+                data["cache_dir"],
+                data["elements"],
+            )
+        except (KeyError, TypeError) as e:
+            raise EvalFolderError(f"{path}: not an sfr-ds manifest ({type(e).__name__}: {e})") from None
 
 
-def prepare(out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str | None = None) -> Manifest:
-    """Create or extend the folder's manifest; the folder belongs to one model."""
+def prepare(
+    out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str | None = None, read_all: bool = True
+) -> Manifest:
+    """Create or extend the folder's manifest; the folder belongs to one model. The model and every
+    local task's data are checked first (``read_all=False``: each file's first row only, for a
+    Slurm submit), so a user's mistake stops here, before the folder exists."""
     spec = spec.normalized()
     names = [e.name for e in entries]
     if dups := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"two specs name the same task {dups}; give one a different ?name=")
+    check_model(spec.source)
+    for entry in entries:
+        check_data(entry.spec, head=not read_all)
+    _check_out(out)
     manifest = Manifest(
         spec, label(spec), fingerprint(spec), [], str(Path(cache_dir or default_cache_dir()).resolve())
     )
@@ -132,6 +156,15 @@ def prepare(out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str
             manifest.tasks.append(entry)
     manifest.save(out)
     return manifest
+
+
+def _check_out(out: Path) -> None:
+    """A folder that holds files but no manifest belongs to something else: never write into it."""
+    if out.is_dir() and not (out / MANIFEST).exists() and any(out.iterdir()):
+        raise EvalFolderError(
+            f"{out}: holds files but no {MANIFEST}, so it is not an sfr-ds evaluation; "
+            "choose another --output-dir (a new or empty folder)"
+        )
 
 
 def _same_model(old: Manifest, new: Manifest) -> bool:
@@ -161,14 +194,22 @@ def write_status(out: Path, task: str, state: str, **extra: Any) -> None:
 
 def read_status(out: Path, task: str) -> dict[str, Any] | None:
     path = out / "status" / f"{task}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    status = read_json(path)
+    if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+        raise EvalFolderError(f"{path}: not a task status (no 'state')")
+    return status
 
 
 def main_score(result_file: Path) -> float:
     """mteb's main score, averaged over the result's splits and subsets."""
-    scores = json.loads(result_file.read_text())["scores"]
-    values = [s["main_score"] for per_split in scores.values() for s in per_split]
-    return sum(values) / len(values)
+    result = read_json(result_file)
+    try:
+        values = [float(s["main_score"]) for per_split in result["scores"].values() for s in per_split]
+        return sum(values) / len(values)
+    except (KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError) as e:
+        raise EvalFolderError(f"{result_file}: not an mteb result ({type(e).__name__}: {e})") from None
 
 
 def is_done(out: Path, manifest: Manifest, task: str) -> bool:
@@ -245,7 +286,8 @@ def _failed(out: Path, task: str, job: str | None, error: Exception) -> None:
         traceback=traceback.format_exc(),
     )
     print(f"[sfr-ds eval] {task}: FAILED: {type(error).__name__}: {error}", flush=True)
-    traceback.print_exc()
+    if job is not None:  # a Slurm log is read later, by whoever debugs; a terminal gets the line
+        traceback.print_exc()
 
 
 def _task(entry: TaskEntry):

@@ -21,27 +21,56 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import atomic_write
 from ..slurm import SlurmError, array_states, sbatch  # SlurmError: callers catch it from here too
-from .runner import Manifest, is_done, read_status, run_tasks, write_status
+from .runner import MANIFEST, EvalFolderError, Manifest, is_done, read_status, run_tasks, write_status
 from .suite import write_summary
 
+# Every path in it is quoted: shlex.quote where bash reads (the exec line), Slurm's own quoting
+# ("...", \" and %%) in the #SBATCH line, which sbatch parses and bash skips as a comment.
 SCRIPT = """#!/bin/bash
 #SBATCH --job-name=sfr-eval-{label}
 #SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
-#SBATCH --output={logs}/%A_%a.out
-# Written by `sfr-ds eval --slurm`. Element N evaluates the tasks of manifest element N
-# ({out}/eval.json); options given to sbatch on its command line override these lines.
+#SBATCH --output={log}
+# Written by `sfr-ds eval --slurm`: element N evaluates the tasks of element N of the manifest
+# {manifest}
+# Options given to sbatch on its command line override these lines.
 exec {python} -m sfr_ds.cli eval worker {out} --element "$SLURM_ARRAY_TASK_ID"
 """
 
 
+def check_script_path(path: Path, what: str = "--output-dir") -> None:
+    """A path a job script can hold: no line break or other control character (a comment line
+    would end there and the rest run as a command) and no backslash (sbatch's own escape)."""
+    if any(ord(c) < 32 or c in "\x7f\\" for c in str(path)):
+        raise ValueError(
+            f"{str(path)!r}: a Slurm job script cannot name a path holding a control character "
+            f"or a backslash; choose another {what}"
+        )
+
+
+def _sbatch_quoted(folder: Path, pattern: str) -> str:
+    """``folder/pattern`` as one #SBATCH value: in quotes, its quotes escaped, its % doubled (a
+    literal % would be read as a file name pattern such as %j)."""
+    return '"' + str(folder).replace("%", "%%").replace('"', '\\"') + "/" + pattern + '"'
+
+
 def write_script(out: Path, manifest: Manifest) -> Path:
-    path = out / "slurm" / "eval.sbatch"
+    check_script_path(out)
+    check_script_path(Path(sys.executable), "Python interpreter (install sfr-ds elsewhere)")
     logs = out / "slurm" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     label = "".join(c if c.isalnum() or c in "-_." else "_" for c in manifest.label)
-    path.write_text(SCRIPT.format(label=label, logs=logs, out=out, python=sys.executable))
+    text = SCRIPT.format(
+        label=label,
+        log=_sbatch_quoted(logs, "%A_%a.out"),
+        manifest=shlex.quote(str(out / MANIFEST)),
+        python=shlex.quote(sys.executable),
+        out=shlex.quote(str(out)),
+    )
+    path = out / "slurm" / "eval.sbatch"
+    atomic_write(path, text)
     return path
 
 
@@ -54,11 +83,16 @@ def submit(
     script = write_script(out, manifest)
     first = len(manifest.elements)
     manifest.elements += groups
-    manifest.save(out)
+    manifest.save(out)  # before sbatch: an element may start before sbatch returns
     array = ",".join(str(first + i) for i in range(len(groups)))
     if max_parallel:
         array += f"%{max_parallel}"
-    job_id = sbatch([f"--array={array}", *sbatch_args, str(script)])
+    try:
+        job_id = sbatch([f"--array={array}", *sbatch_args, str(script)])
+    except SlurmError:  # nothing was submitted: the manifest names no element that will never run
+        manifest.elements = manifest.elements[:first]
+        manifest.save(out)
+        raise
     for i, group in enumerate(groups):
         for index in group:
             write_status(out, manifest.tasks[index].name, "submitted", job=f"{job_id}_{first + i}")
@@ -115,7 +149,10 @@ def resubmit(out: Path, names: list[str] | None, sbatch_values: tuple[str, ...] 
 
 def run_element(out: Path, element: int) -> list[str]:
     """Inside an array element: the tasks of manifest element ``element``; the failed ones' names."""
-    indices = Manifest.load(out).elements[element]
+    elements = Manifest.load(out).elements
+    if not 0 <= element < len(elements):
+        raise EvalFolderError(f"{out / MANIFEST}: no array element {element} (it has {len(elements)})")
+    indices = elements[element]
     job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{os.environ.get('SLURM_ARRAY_TASK_ID', element)}"
     return run_tasks(out, indices, job=job, progress=False)
 
@@ -169,7 +206,8 @@ def _state(
     job = status.get("job")
     log = f" (log: {out / 'slurm' / 'logs' / f'{job}.out'})" if job else ""
     if status["state"] == "failed":
-        return TaskState(name, "failed", job, status["error"].splitlines()[0] + log)
+        error = str(status.get("error") or "no error recorded").splitlines() or [""]
+        return TaskState(name, "failed", job, error[0] + log)
     if job and job in queued:
         return TaskState(name, "pending" if queued[job] == "PENDING" else "running", job, queued[job])
     if not job and _pid_alive(status):
@@ -214,6 +252,8 @@ def collect(
 def resubmit_groups(out: Path, names: list[str] | None) -> list[list[int]]:
     """One element per task: the named ones, else every failed or never-run task."""
     manifest = Manifest.load(out)
+    for name in names or []:
+        manifest.index(name)  # an unknown name is an error listing the tasks
     states = {s.name: s for s in task_states(out)}
     if names is None:
         names = [n for n, s in states.items() if s.state in ("failed", "not run")]
@@ -227,4 +267,10 @@ def resubmit_groups(out: Path, names: list[str] | None) -> list[list[int]]:
 
 def sbatch_args(values: tuple[str, ...]) -> list[str]:
     """``--sbatch "--partition=gpu --time=4:00:00"`` (repeatable) as an argument list."""
-    return [arg for value in values for arg in shlex.split(value)]
+    args = []
+    for value in values:
+        try:
+            args += shlex.split(value)
+        except ValueError as e:  # an unclosed quote
+            raise ValueError(f"--sbatch {value!r}: {e}") from None
+    return args

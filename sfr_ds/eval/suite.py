@@ -17,8 +17,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import Manifest, is_done, main_score, run_tasks
-from .tasks import TaskEntry, describe, split_tasks
+from ..io import atomic_write, check_output
+from .runner import Manifest, is_done, main_score, read_json, run_tasks
+from .specs import TaskEntry, describe, split_tasks
 
 SUITES: dict[str, dict[str, list[str]]] = {
     "dev": {
@@ -136,6 +137,12 @@ def compare(scores: list[Scores]) -> str:
     return "\n".join(text) + "\n"
 
 
+def check_table_output(output: Path, inputs: list[str], folders: list[Path], overwrite: bool = False) -> None:
+    """Where ``compare --output`` may write: never over one of its inputs nor into a compared
+    evaluation folder (even with --overwrite), and over another existing file only with it."""
+    check_output(output, inputs, overwrite, folders)
+
+
 def _labels(scores: list[Scores]) -> list[str]:
     """Column names; repeated labels get a suffix so columns stay distinct."""
     labels = [s.label for s in scores]
@@ -155,10 +162,11 @@ def write_summary(out: Path) -> Scores:
     settings_file = out / "model_settings.json"
     header = [f"# sfr-ds eval: {scores.label}", ""]
     if settings_file.exists():
-        settings = json.loads(settings_file.read_text())
+        settings = read_json(settings_file)
         header += ["Model: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
-    (out / "summary.md").write_text("\n".join(header) + compare([scores]))
-    (out / "summary.json").write_text(
+    atomic_write(out / "summary.md", "\n".join(header) + compare([scores]))
+    atomic_write(
+        out / "summary.json",
         json.dumps(
             {
                 "label": scores.label,
@@ -168,6 +176,6 @@ def write_summary(out: Path) -> Scores:
                 "missing": scores.missing,
             },
             indent=2,
-        )
+        ),
     )
     return scores

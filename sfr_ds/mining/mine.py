@@ -6,6 +6,7 @@ given. The others are ranked by the teacher against a corpus, either a BEIR ``co
 (positives dropped by ``pos_ids``) or ``from-records`` (each dataset's own pos/neg texts, so a
 query only meets documents of its own task); positives are always dropped by identical text too.
 Runs on every rank (dense teachers encode in shards); only rank 0 gets the result and writes it.
+What is mined against what is worked out and checked first, without a model (``plan``).
 """
 
 from __future__ import annotations
@@ -13,45 +14,27 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from sfr_ds import dist
-from sfr_ds.data.prepare import load_beir_corpus
-from sfr_ds.data.records import OWN_NEGATIVE_TASKS, Record, check_record, read_jsonl, write_jsonl
-from sfr_ds.mining.select import SelectReport, retrieval_depth, select_negatives, setting_problems
+from sfr_ds.data.records import Record, check_record, write_jsonl
+from sfr_ds.mining.plan import (
+    FROM_RECORDS,
+    MineOptions,
+    MinePlan,
+    Pool,
+    make_pools,
+    plan_file,
+    plan_records,
+    positive_rows,
+)
+from sfr_ds.mining.select import SelectReport, retrieval_depth, select_negatives
 from sfr_ds.mining.teachers import Ranking, Teacher
 
-FROM_RECORDS = "from-records"
+__all__ = ["FROM_RECORDS", "MineOptions", "MineReport", "Pool", "make_pools", "mine_file", "positive_rows"]
 NEG_FIELDS = ("neg_ids", "neg_ranks", "neg_scores")
-
-
-@dataclass(frozen=True)
-class MineOptions:
-    range_min: int = 30  # 0-based ranks after removing positives; upper bound exclusive
-    range_max: int = 100
-    k: int = 7
-    margin: float | None = None
-    seed: int = 0
-    datasets: tuple[str, ...] = ()  # empty: every record that is not labels-as-documents
-    recall_at: int = 100
-
-    def __post_init__(self):
-        """Fail before the teacher spends hours encoding, naming every bad option."""
-        problems = setting_problems(self.k, self.range_min, self.range_max, self.margin, self.seed)
-        if problems:
-            raise ValueError("; ".join(problems))
-
-
-@dataclass
-class Pool:
-    """Documents the teacher ranks for a group of records; ``ids`` None when they have none."""
-
-    name: str
-    records: list[Record]
-    texts: list[str]
-    ids: list[str] | None
+DEFAULTS = MineOptions()
 
 
 @dataclass
@@ -95,79 +78,38 @@ def mine_file(
     corpus: str,
     teacher: Teacher,
     out: str | os.PathLike,
-    options: MineOptions = MineOptions(),
+    options: MineOptions = DEFAULTS,
 ) -> MineReport | None:
     """Read, mine and (on rank 0) write the training JSONL; the report on rank 0, else None."""
-    records = read_jsonl(input)
-    report = mine_records(records, corpus, teacher, options)
+    plan = plan_file(input, corpus, options)
+    report = mine_plan(plan, teacher, options)
     if report is not None:
-        for n, r in enumerate(records, 1):
-            check_record(r.to_json(), f"{out}: record {n}")
-        write_jsonl(records, out)
+        write_mined(plan.records, out)
     return report
 
 
+def write_mined(records: list[Record], out: str | os.PathLike) -> None:
+    """Check every mined record as training will, then write them atomically."""
+    for n, r in enumerate(records, 1):
+        check_record(r.to_json(), f"{out}: record {n}")
+    write_jsonl(records, out)
+
+
 def mine_records(
-    records: list[Record], corpus: str, teacher: Teacher, options: MineOptions = MineOptions()
+    records: list[Record], corpus: str, teacher: Teacher, options: MineOptions = DEFAULTS
 ) -> MineReport | None:
     """Fill ``neg`` (and ``neg_ids``/``neg_ranks``/``neg_scores``) of the selected records in place."""
-    chosen = [
-        r
-        for r in records
-        if r.task_type not in OWN_NEGATIVE_TASKS and (not options.datasets or r.dataset in options.datasets)
-    ]
-    if not chosen:
-        raise ValueError(
-            "no record to mine: all are labels-as-documents tasks or outside "
-            f"--dataset {list(options.datasets)}"
-        )
-    report = MineReport(teacher.name, options, n_unchanged=len(records) - len(chosen))
-    for pool in make_pools(chosen, corpus):
-        group = _mine_pool(pool, teacher, options)
+    return mine_plan(plan_records(records, corpus, options), teacher, options)
+
+
+def mine_plan(plan: MinePlan, teacher: Teacher, options: MineOptions) -> MineReport | None:
+    """Run a checked plan (``plan.plan_file``): every pool ranked by the teacher, negatives drawn."""
+    report = MineReport(teacher.name, options, n_unchanged=plan.n_unchanged)
+    for pool, positives in zip(plan.pools, plan.positives):
+        group = _mine_pool(pool, positives, teacher, options)
         if group is not None:
             report.groups.append(group)
     return report if dist.info().is_main else None
-
-
-def make_pools(records: list[Record], corpus: str) -> list[Pool]:
-    """One pool for a BEIR corpus (a corpus.jsonl or its folder; empty documents left out: they
-    cannot be negatives); one per dataset, in first-seen order, for ``from-records``."""
-    if corpus != FROM_RECORDS:
-        path = Path(corpus) / "corpus.jsonl" if Path(corpus).is_dir() else Path(corpus)
-        docs = {i: t for i, t in load_beir_corpus(path).items() if t.strip()}
-        return [Pool(path.name, records, list(docs.values()), list(docs))]
-    by_dataset: dict[str, list[Record]] = {}
-    for r in records:
-        by_dataset.setdefault(r.dataset, []).append(r)
-    return [
-        Pool(name, group, list(dict.fromkeys(t for r in group for t in (*r.pos, *r.neg))), None)
-        for name, group in by_dataset.items()
-    ]
-
-
-def positive_rows(pool: Pool) -> list[set[int]]:
-    """Corpus rows of each record's positives: by ``pos_ids`` in a corpus with ids, else by text."""
-    if pool.ids is None:
-        row = {t: i for i, t in enumerate(pool.texts)}  # texts are distinct
-        return [{row[t] for t in r.pos} for r in pool.records]
-    row = {doc_id: i for i, doc_id in enumerate(pool.ids)}
-    out, problems = [], []
-    for r in pool.records:
-        pos_ids = r.extra.get("pos_ids")
-        unknown = [p for p in pos_ids or [] if p not in row]
-        if pos_ids is None or unknown:
-            problems.append(
-                f"{r.dataset} query {r.extra.get('query_id', r.query[:40])!r}: "
-                + ("no pos_ids" if pos_ids is None else f"pos_ids {unknown} not in corpus")
-            )
-        else:
-            out.append({row[p] for p in pos_ids})
-    if problems:
-        raise ValueError(
-            f"{len(problems)} record(s) cannot be matched to {pool.name} (restrict "
-            f"with --dataset, or use --corpus {FROM_RECORDS}); first: {problems[0]}"
-        )
-    return out
 
 
 def recall(ranking: Ranking, positives: Sequence[set[int]], at: int) -> float:
@@ -191,8 +133,9 @@ def without_query_copies(ids: np.ndarray, pool: Pool) -> np.ndarray:
     return out
 
 
-def _mine_pool(pool: Pool, teacher: Teacher, options: MineOptions) -> GroupReport | None:
-    positives = positive_rows(pool)
+def _mine_pool(
+    pool: Pool, positives: list[set[int]], teacher: Teacher, options: MineOptions
+) -> GroupReport | None:
     depth = max(retrieval_depth(options.range_max, positives), options.recall_at)
     ranking = teacher.rank(
         [r.query for r in pool.records], [r.instruction for r in pool.records], pool.texts, positives, depth

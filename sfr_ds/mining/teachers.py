@@ -23,8 +23,9 @@ from sfr_ds.data.tokens import format_query
 from sfr_ds.encode import TextEncoder
 from sfr_ds.mining.bm25 import QUERY_CHUNK, BM25Scorer
 from sfr_ds.mining.encode_cache import CacheKey, encode_cached, texts_digest
+from sfr_ds.mining.plan import check_teacher, self_teacher_folder
 from sfr_ds.mining.search import search, topk_rows
-from sfr_ds.run_dir import content_digest, find_model_folder, read_meta
+from sfr_ds.run_dir import content_digest
 
 Texts = Sequence[str]
 Positives = Sequence[set[int]]  # per query, the corpus rows of its positives
@@ -213,8 +214,7 @@ def guess_pooling(name_or_path: str) -> str:
 def _hf_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> DenseRank:
     from sfr_ds.config import ModelConfig
 
-    if spec.startswith(("/", ".", "~")) and not Path(spec).expanduser().is_dir():
-        raise FileNotFoundError(f"teacher {spec!r}: no such model folder")
+    check_teacher(spec, options.pooling)
     pooling = guess_pooling(spec) if options.pooling == "auto" else options.pooling
     cfg = ModelConfig(name_or_path=spec, pooling=pooling, dtype=options.dtype or _default_dtype())
     qlen, dlen = options.query_max_len or 128, options.doc_max_len or 256
@@ -226,10 +226,7 @@ def _hf_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> Dense
 
 def _self_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> DenseRank:
     """One of our runs, encoded exactly as it was trained; pooling is the run's, not an option."""
-    folder = find_model_folder(spec.removeprefix("self:"))
-    meta = read_meta(folder)
-    if options.pooling not in ("auto", meta["pooling"]):
-        raise ValueError(f"{folder} was trained with {meta['pooling']} pooling; drop --pooling")
+    folder, meta = self_teacher_folder(spec, options.pooling)
     dtype = options.dtype or _default_dtype()
     identity = EncoderIdentity(
         meta["base_model"],
