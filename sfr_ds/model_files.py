@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .run_dir import ADAPTER_CONFIG, META, RunDirError, base_model_path, read_meta
+from .run_dir import ADAPTER_CONFIG, META, RunDirError, base_model_path, is_adapter, read_meta
 
 # what every command that encodes with a model folder reads from its sfr_ds.json (an adapter's also
 # names its base; a merged folder is its own)
@@ -87,10 +87,21 @@ def check_transformers_folder(path: Path) -> None:
         raise RunDirError(f"{path / 'config.json'}: expected a JSON object")
 
 
-def check_base(base: str) -> None:
-    """A local base model folder (a hub name is left to the hub)."""
-    if Path(base).is_dir():
-        check_transformers_folder(Path(base))
+def check_base(base: str, named_in: Path | None = None) -> None:
+    """The base model an adapter names: a known ``builtin:`` name, an existing local folder that
+    loads, or a hub name (left to the hub). ``named_in`` is the file that names it, for messages."""
+    from .zoo import BUILTINS
+
+    where = f"{named_in}: " if named_in else ""
+    if base.startswith("builtin:"):
+        if base not in BUILTINS:
+            raise RunDirError(
+                f"{where}base_model: unknown built-in model {base!r}; known: {sorted(BUILTINS)}"
+            )
+    elif Path(base).expanduser().is_dir():
+        check_transformers_folder(Path(base).expanduser())
+    elif base.startswith(("/", ".", "~")) or Path(base).expanduser().exists():
+        raise RunDirError(f"{where}its base model {base!r} is not a folder here (moved or deleted?)")
 
 
 def check_model_folder(folder: Path) -> dict:
@@ -107,6 +118,6 @@ def check_model_folder(folder: Path) -> dict:
             raise RunDirError(f"{folder / ADAPTER_CONFIG}: missing; the adapter folder is incomplete")
         if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
             raise RunDirError(f"{folder / ADAPTER_WEIGHTS[0]}: missing; the adapter folder is incomplete")
-    if meta.get("random_init"):
-        check_base(base_model_path(folder, meta))
+    if meta.get("random_init") or is_adapter(folder):
+        check_base(base_model_path(folder, meta), folder / META)
     return meta

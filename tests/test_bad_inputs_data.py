@@ -53,6 +53,11 @@ def jsonl(rows) -> str:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
 
 
+def lines(content: list | str | bytes) -> str | bytes:
+    """A file's content, given as it is or as a list of its JSON lines (records or raw text)."""
+    return jsonl(content) if isinstance(content, list) else content
+
+
 def beir(root: Path, corpus: str | bytes | None = None, queries=None, qrels=None) -> Path:
     """A small BEIR folder; any part may be replaced by bad content."""
     write(root / "corpus.jsonl", jsonl(DOCS) if corpus is None else corpus)
@@ -82,6 +87,11 @@ def case(table: dict[str, Case]):
     return register
 
 
+def says(needles: list[str], **paths: Path) -> list[str]:
+    """``needles`` with the case's paths for ``{t}``, ``{path}``, ``{spec}``, ``{train}``, ``{docs}``."""
+    return [needle.format(**paths) for needle in needles]
+
+
 def sts_args(t: Path, content: str | bytes = STS, *extra) -> tuple[list, Path]:
     sts = write(t / "sts.csv", content)
     return ["--sts", sts, "--dataset", "stsb", "--out", t / "out.jsonl", *extra], sts
@@ -90,11 +100,6 @@ def sts_args(t: Path, content: str | bytes = STS, *extra) -> tuple[list, Path]:
 def labelled_args(t: Path, content: str | bytes = LABELLED) -> tuple[list, Path]:
     f = write(t / "labelled.csv", content)
     return ["--labelled", f, "--dataset", "banking77", "--out", t / "out.jsonl"], f
-
-
-def yaml_args(t: Path, text: str | bytes, *extra) -> tuple[list, Path]:
-    spec = write(t / "sources.yaml", text)
-    return [spec, "--out", t / "out.jsonl", *extra], spec
 
 
 # --- prepare: an output that would destroy a file -------------------------------------------------
@@ -185,54 +190,73 @@ def out_is_a_folder(t):
 
 # --- prepare: bytes that are not UTF-8, folders, bad rows -----------------------------------------
 
-
-@case(PREPARE)
-def sts_not_utf8(t):
-    args, sts = sts_args(t, with_bad_byte(STS + STS.replace("0001", "0002"), 2))
-    return args, [f"{sts}:2: not valid UTF-8"]
-
-
-@case(PREPARE)
-def labelled_not_utf8(t):
-    args, f = labelled_args(t, with_bad_byte(LABELLED, 3))
-    return args, [f"{f}:3: not valid UTF-8"]
-
-
-@case(PREPARE)
-def labelled_header_not_utf8(t):
-    args, f = labelled_args(t, with_bad_byte(LABELLED, 1))
-    return args, [f"{f}:1: not valid UTF-8"]
-
-
-@case(PREPARE)
-def beir_corpus_not_utf8(t):
-    root = beir(t / "scifact", corpus=with_bad_byte(jsonl(DOCS), 3))
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{root / 'corpus.jsonl'}:3: not valid UTF-8"]
+# prepare --sts or --labelled of a bad file: name -> (the flag, the file, what the message says)
+BAD_TABLES = {
+    "sts_not_utf8": (
+        "sts",
+        with_bad_byte(STS + STS.replace("0001", "0002"), 2),
+        ["{path}:2: not valid UTF-8"],
+    ),
+    "sts_short_row": ("sts", STS + "a\tb\tc\n", ["{path}:2: expected genre"]),
+    "sts_score_not_a_number": ("sts", STS.replace("5.000", "high"), ["{path}:1: expected genre"]),
+    "labelled_not_utf8": ("labelled", with_bad_byte(LABELLED, 3), ["{path}:3: not valid UTF-8"]),
+    "labelled_header_not_utf8": ("labelled", with_bad_byte(LABELLED, 1), ["{path}:1: not valid UTF-8"]),
+    "labelled_without_the_label_column": (
+        "labelled",
+        "text,intent\nhello,greet\n",
+        ["{path}:1: header", "category"],
+    ),
+    "labelled_short_row": ("labelled", LABELLED + "only text\n", ["{path}:4: row has fewer columns"]),
+}
 
 
-@case(PREPARE)
-def beir_queries_not_utf8(t):
-    root = beir(t / "scifact", queries=with_bad_byte(jsonl(QUERIES), 2))
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{root / 'queries.jsonl'}:2: not valid UTF-8"]
+def bad_table(flag: str, content: str | bytes, needles: list[str]) -> Case:
+    """The case: ``content`` given to prepare as its ``--sts`` or ``--labelled`` file."""
+
+    def build(t: Path) -> tuple[list, list]:
+        args, path = (sts_args if flag == "sts" else labelled_args)(t, content)
+        return args, says(needles, path=path)
+
+    return build
 
 
-@case(PREPARE)
-def beir_qrels_not_utf8(t):
-    root = beir(t / "scifact", qrels=with_bad_byte(QRELS, 3))
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{root / 'qrels' / 'train.tsv'}:3: not valid UTF-8"]
+# prepare --beir with one file replaced: name -> (the file, its content (a list: its JSON lines), message)
+BAD_BEIR_FILES = {
+    "beir_corpus_not_utf8": ("corpus", with_bad_byte(jsonl(DOCS), 3), ["{path}:3: not valid UTF-8"]),
+    "beir_queries_not_utf8": ("queries", with_bad_byte(jsonl(QUERIES), 2), ["{path}:2: not valid UTF-8"]),
+    "beir_qrels_not_utf8": ("qrels", with_bad_byte(QRELS, 3), ["{path}:3: not valid UTF-8"]),
+    "beir_corpus_repeats_an_id": (
+        "corpus",
+        [*DOCS, {"_id": "d2", "text": "again"}],
+        ["{path}:4: _id 'd2' repeated", "{path}:2"],
+    ),
+    "beir_queries_repeat_an_id": ("queries", [*QUERIES, QUERIES[0]], ["{path}:3: _id 'q1' repeated"]),
+    "beir_corpus_line_not_json": (
+        "corpus",
+        [DOCS[0], '{"_id": "d9", "text": '],
+        ["{path}:2: not valid JSON"],
+    ),
+    "beir_corpus_line_not_an_object": ("corpus", [*DOCS, "[1, 2]"], ["{path}:4: expected a JSON object"]),
+    "beir_corpus_without_id": ("corpus", [{"title": "x", "text": "y"}], ["{path}:1: field '_id'"]),
+    "beir_corpus_text_not_a_string": ("corpus", [{"_id": "d1", "text": ["a"]}], ["{path}:1: field 'text'"]),
+    "beir_qrels_short_row": ("qrels", QRELS + "q3\td3\n", ["{path}:4: expected"]),
+}
+BEIR_FILES = {"corpus": "corpus.jsonl", "queries": "queries.jsonl", "qrels": "qrels/train.tsv"}
 
 
-@case(PREPARE)
-def beir_corpus_repeats_an_id(t):
-    root = beir(t / "scifact", corpus=jsonl([*DOCS, {"_id": "d2", "text": "again"}]))
-    corpus = root / "corpus.jsonl"
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{corpus}:4: _id 'd2' repeated", f"{corpus}:2"]
+def bad_beir_file(part: str, content: str | bytes | list, needles: list[str]) -> Case:
+    """The case: a good BEIR folder whose ``part`` then holds ``content``."""
+
+    def build(t: Path) -> tuple[list, list]:
+        root = beir(t / "scifact")
+        path = write(root / BEIR_FILES[part], lines(content))
+        return ["--beir", root, "--out", t / "o.jsonl"], says(needles, path=path)
+
+    return build
 
 
-@case(PREPARE)
-def beir_queries_repeat_an_id(t):
-    root = beir(t / "scifact", queries=jsonl([*QUERIES, QUERIES[0]]))
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{root / 'queries.jsonl'}:3: _id 'q1' repeated"]
+PREPARE.update({name: bad_table(*mistake) for name, mistake in BAD_TABLES.items()})
+PREPARE.update({name: bad_beir_file(*mistake) for name, mistake in BAD_BEIR_FILES.items()})
 
 
 @case(PREPARE)
@@ -255,60 +279,6 @@ def beir_without_corpus(t):
 def beir_without_the_split(t):
     root = beir(t / "scifact")
     return ["--beir", root, "--split", "dev", "--out", t / "o.jsonl"], [f"{root / 'qrels' / 'dev.tsv'}"]
-
-
-@case(PREPARE)
-def beir_corpus_line_not_json(t):
-    root = beir(t / "scifact", corpus=jsonl([*DOCS[:1], '{"_id": "d9", "text": ']))
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{root / 'corpus.jsonl'}:2: not valid JSON"]
-
-
-@case(PREPARE)
-def beir_corpus_line_not_an_object(t):
-    root = beir(t / "scifact", corpus=jsonl([*DOCS, "[1, 2]"]))
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{root / 'corpus.jsonl'}:4: expected a JSON object"]
-
-
-@case(PREPARE)
-def beir_corpus_without_id(t):
-    root = beir(t / "scifact", corpus=jsonl([{"title": "x", "text": "y"}]))
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{root / 'corpus.jsonl'}:1: field '_id'"]
-
-
-@case(PREPARE)
-def beir_corpus_text_not_a_string(t):
-    root = beir(t / "scifact", corpus=jsonl([{"_id": "d1", "text": ["a"]}]))
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{root / 'corpus.jsonl'}:1: field 'text'"]
-
-
-@case(PREPARE)
-def beir_qrels_short_row(t):
-    root = beir(t / "scifact", qrels=QRELS + "q3\td3\n")
-    return ["--beir", root, "--out", t / "o.jsonl"], [f"{root / 'qrels' / 'train.tsv'}:4: expected"]
-
-
-@case(PREPARE)
-def sts_short_row(t):
-    args, sts = sts_args(t, STS + "a\tb\tc\n")
-    return args, [f"{sts}:2: expected genre"]
-
-
-@case(PREPARE)
-def sts_score_not_a_number(t):
-    args, sts = sts_args(t, STS.replace("5.000", "high"))
-    return args, [f"{sts}:1: expected genre"]
-
-
-@case(PREPARE)
-def labelled_without_the_label_column(t):
-    args, f = labelled_args(t, "text,intent\nhello,greet\n")
-    return args, [f"{f}:1: header", "category"]
-
-
-@case(PREPARE)
-def labelled_short_row(t):
-    args, f = labelled_args(t, LABELLED + "only text\n")
-    return args, [f"{f}:4: row has fewer columns"]
 
 
 @case(PREPARE)
@@ -341,112 +311,75 @@ def sts_path_is_a_folder(t):
 # --- prepare: the sources YAML --------------------------------------------------------------------
 
 
-@case(PREPARE)
-def yaml_source_is_a_folder(t):
-    (t / "data").mkdir()
-    args, _ = yaml_args(t, "sources:\n  - {sts: data, dataset: stsb}\n")
-    return args, [f"{t / 'data'}: is a folder"]
+def sources(*lines: str) -> str:
+    """A sources YAML listing ``lines`` (each a source) and nothing else."""
+    return "sources:\n" + "".join(f"  - {line}\n" for line in lines)
 
 
-@case(PREPARE)
-def yaml_source_missing(t):
-    args, _ = yaml_args(t, "sources:\n  - {sts: nowhere.csv, dataset: stsb}\n")
-    return args, [f"{t / 'nowhere.csv'}: no such file"]
+# the sources YAML: name -> (its text, what the message says). Beside it lie what it may name: a.csv
+# (STS pairs), l.csv (labelled rows), corpus.jsonl and an empty folder data/.
+BAD_YAML = {
+    "yaml_source_is_a_folder": (sources("{sts: data, dataset: stsb}"), ["{t}/data: is a folder"]),
+    "yaml_source_missing": (sources("{sts: nowhere.csv, dataset: stsb}"), ["{t}/nowhere.csv: no such file"]),
+    "yaml_beir_source_is_a_file": (
+        sources("{beir: corpus.jsonl, split: train, dataset: scifact}"),
+        ["{t}/corpus.jsonl: not a folder"],
+    ),
+    "yaml_syntax_error": ("sources:\n  - {sts: a.csv, dataset: stsb\n", ["{spec}:3"]),
+    "yaml_tab_indent": ("sources:\n\t- {sts: a.csv, dataset: stsb}\n", ["{spec}:2", "tabs"]),
+    "yaml_repeated_key": ("sources: []\ninstructions: {}\nsources: []\n", ["{spec}:3", "'sources' repeated"]),
+    "yaml_not_utf8": (b"sources:\n  - {sts: \xff.csv, dataset: stsb}\n", ["{spec}: not UTF-8"]),
+    "yaml_unknown_source_key": (
+        sources("{sts: a.csv, dataset: stsb, min_scor: 3}"),
+        ["{spec}:", "source 1 (sts): unknown key(s) ['min_scor']"],
+    ),
+    "yaml_top_level_list": ("- {sts: a.csv, dataset: stsb}\n", ["{spec}: the top level must be a mapping"]),
+    "yaml_sources_not_a_list": ("sources: {sts: a.csv}\n", ["{spec}:", "sources must be a list"]),
+    "yaml_source_not_a_mapping": (sources("a.csv"), ["{spec}:", "source 1: needs exactly one of"]),
+    "yaml_min_score_not_a_number": (
+        sources("{sts: a.csv, dataset: stsb, min_score: high}"),
+        ["{spec}:", "source 1 (sts): min_score must be float, got 'high'"],
+    ),
+    "yaml_n_neg_not_a_number": (
+        sources("{labelled: l.csv, dataset: banking77, n_neg: true}"),
+        ["{spec}:", "n_neg must be int | None, got True"],
+    ),
+    "yaml_negative_n_neg": (
+        sources("{labelled: l.csv, dataset: banking77, n_neg: -1}"),
+        ["{t}/l.csv (labelled source): n_neg must be >= 0"],
+    ),
+    "yaml_path_not_a_string": (
+        sources("{sts: 5, dataset: stsb}"),
+        ["{spec}:", "source 1 (sts): the path must be a string"],
+    ),
+    "yaml_instructions_not_a_mapping": (
+        "instructions: [a]\n" + sources("{sts: a.csv, dataset: stsb}"),
+        ["{spec}:", "instructions must map dataset names"],
+    ),
+}
 
 
-@case(PREPARE)
-def yaml_beir_source_is_a_file(t):
-    write(t / "corpus.jsonl", jsonl(DOCS))
-    args, _ = yaml_args(t, "sources:\n  - {beir: corpus.jsonl, split: train, dataset: scifact}\n")
-    return args, [f"{t / 'corpus.jsonl'}: not a folder"]
+def bad_yaml(text: str | bytes, needles: list[str]) -> Case:
+    """The case: ``text`` as sources.yaml, beside every file its sources may name."""
+
+    def build(t: Path) -> tuple[list, list]:
+        write(t / "a.csv", STS)
+        write(t / "l.csv", LABELLED)
+        write(t / "corpus.jsonl", jsonl(DOCS))
+        (t / "data").mkdir()
+        spec = write(t / "sources.yaml", text)
+        return [spec, "--out", t / "out.jsonl"], says(needles, t=t, spec=spec)
+
+    return build
 
 
-@case(PREPARE)
-def yaml_syntax_error(t):
-    args, spec = yaml_args(t, "sources:\n  - {sts: a.csv, dataset: stsb\n")
-    return args, [f"{spec}:3"]
-
-
-@case(PREPARE)
-def yaml_tab_indent(t):
-    args, spec = yaml_args(t, "sources:\n\t- {sts: a.csv, dataset: stsb}\n")
-    return args, [f"{spec}:2", "tabs"]
-
-
-@case(PREPARE)
-def yaml_repeated_key(t):
-    args, spec = yaml_args(t, "sources: []\ninstructions: {}\nsources: []\n")
-    return args, [f"{spec}:3", "'sources' repeated"]
-
-
-@case(PREPARE)
-def yaml_not_utf8(t):
-    args, spec = yaml_args(t, b"sources:\n  - {sts: \xff.csv, dataset: stsb}\n")
-    return args, [f"{spec}: not UTF-8"]
-
-
-@case(PREPARE)
-def yaml_unknown_source_key(t):
-    args, spec = yaml_args(t, "sources:\n  - {sts: a.csv, dataset: stsb, min_scor: 3}\n")
-    return args, [f"{spec}:", "source 1 (sts): unknown key(s) ['min_scor']"]
-
-
-@case(PREPARE)
-def yaml_top_level_list(t):
-    args, spec = yaml_args(t, "- {sts: a.csv, dataset: stsb}\n")
-    return args, [f"{spec}: the top level must be a mapping"]
-
-
-@case(PREPARE)
-def yaml_sources_not_a_list(t):
-    args, spec = yaml_args(t, "sources: {sts: a.csv}\n")
-    return args, [f"{spec}:", "sources must be a list"]
-
-
-@case(PREPARE)
-def yaml_source_not_a_mapping(t):
-    args, spec = yaml_args(t, "sources:\n  - a.csv\n")
-    return args, [f"{spec}:", "source 1: needs exactly one of"]
-
-
-@case(PREPARE)
-def yaml_min_score_not_a_number(t):
-    write(t / "a.csv", STS)
-    args, spec = yaml_args(t, "sources:\n  - {sts: a.csv, dataset: stsb, min_score: high}\n")
-    return args, [f"{spec}:", "source 1 (sts): min_score must be float, got 'high'"]
-
-
-@case(PREPARE)
-def yaml_n_neg_not_a_number(t):
-    write(t / "l.csv", LABELLED)
-    args, spec = yaml_args(t, "sources:\n  - {labelled: l.csv, dataset: banking77, n_neg: true}\n")
-    return args, [f"{spec}:", "n_neg must be int | None, got True"]
-
-
-@case(PREPARE)
-def yaml_negative_n_neg(t):
-    write(t / "l.csv", LABELLED)
-    args, _ = yaml_args(t, "sources:\n  - {labelled: l.csv, dataset: banking77, n_neg: -1}\n")
-    return args, [f"{t / 'l.csv'} (labelled source): n_neg must be >= 0"]
-
-
-@case(PREPARE)
-def yaml_path_not_a_string(t):
-    args, spec = yaml_args(t, "sources:\n  - {sts: 5, dataset: stsb}\n")
-    return args, [f"{spec}:", "source 1 (sts): the path must be a string"]
-
-
-@case(PREPARE)
-def yaml_instructions_not_a_mapping(t):
-    write(t / "a.csv", STS)
-    args, spec = yaml_args(t, "instructions: [a]\nsources:\n  - {sts: a.csv, dataset: stsb}\n")
-    return args, [f"{spec}:", "instructions must map dataset names"]
+PREPARE.update({name: bad_yaml(*mistake) for name, mistake in BAD_YAML.items()})
 
 
 @pytest.mark.parametrize("name", sorted(PREPARE))
 def test_prepare_refuses(name, tmp_path):
-    args, says = PREPARE[name](tmp_path)
-    refused("prepare", *args, where=tmp_path, says=says, timeout=60)
+    args, needles = PREPARE[name](tmp_path)
+    refused("prepare", *args, where=tmp_path, says=needles, timeout=60)
     assert not (tmp_path / "o.jsonl").exists() and not list(tmp_path.glob("**/.*.tmp"))
 
 
@@ -464,22 +397,100 @@ def mine_args(train, corpus, out, *extra) -> list:
     return [train, "--corpus", corpus, "--teacher", "bm25", "--out", out, "--no-progress", *extra]
 
 
-@case(MINE)
-def mine_out_is_the_input(t):
-    train, docs = mine_setup(t)
-    return mine_args(train, docs, train, "--overwrite"), [f"{train}: is one of the inputs"]
+def without(record: dict, key: str) -> dict:
+    return {k: v for k, v in record.items() if k != key}
 
 
-@case(MINE)
-def mine_out_is_the_corpus(t):
-    train, docs = mine_setup(t)
-    return mine_args(train, docs, docs, "--overwrite"), [f"{docs}: is one of the inputs"]
+# mine of a bad training file or corpus: name -> (the file, its content (a list: its JSON lines), message)
+BAD_MINE_FILES = {
+    "mine_input_not_utf8": (
+        "train",
+        with_bad_byte(jsonl([RECORD, RECORD]), 2),
+        ["{train}:2: not valid UTF-8"],
+    ),
+    "mine_input_line_not_json": ("train", [RECORD, '{"query": '], ["{train}:2: not valid JSON"]),
+    "mine_input_record_without_pos": (
+        "train",
+        [without(RECORD, "pos")],
+        ["{train}:1: field 'pos' is missing"],
+    ),
+    "mine_input_pos_ids_not_aligned": (
+        "train",
+        [RECORD, dict(RECORD, pos_ids=["d1", "d2"])],
+        ["{train}:2: field 'pos_ids'"],
+    ),
+    "mine_input_empty": ("train", [], ["{train}: holds no records"]),
+    "mine_pos_ids_not_in_corpus": (
+        "train",
+        [dict(RECORD, pos_ids=["d7"])],
+        ["{docs} ", "{train}:1: scifact query 'q1': pos_ids ['d7']"],
+    ),
+    "mine_records_without_pos_ids": (
+        "train",
+        [without(RECORD, "pos_ids")],
+        ["{docs} ", "{train}:1: scifact query 'q1': no pos_ids"],
+    ),
+    "mine_corpus_not_utf8": ("corpus", with_bad_byte(jsonl(DOCS), 2), ["{docs}:2: not valid UTF-8"]),
+    "mine_corpus_repeats_an_id": ("corpus", [*DOCS, DOCS[0]], ["{docs}:4: _id 'd1' repeated"]),
+    "mine_corpus_without_text": ("corpus", [{"_id": "d1", "text": " "}], ["{docs}: holds no documents"]),
+}
 
 
-@case(MINE)
-def mine_out_is_the_corpus_of_a_folder(t):
-    train, docs = mine_setup(t)
-    return mine_args(train, t, docs, "--overwrite"), [f"{docs}: is one of the inputs"]
+def bad_mine_file(file: str, content: str | bytes | list, needles: list[str]) -> Case:
+    """The case: mine of a good training file and corpus, then the ``file`` one holding ``content``."""
+
+    def build(t: Path) -> tuple[list, list]:
+        train, docs = mine_setup(t)
+        write(train if file == "train" else docs, lines(content))
+        return mine_args(train, docs, t / "o.jsonl"), says(needles, train=train, docs=docs)
+
+    return build
+
+
+# mine with a bad option: name -> (the option and its values, what the message says)
+BAD_MINE_OPTIONS = {
+    "mine_no_record_of_the_dataset": (("--dataset", "nfcorpus"), ["no record to mine", "nfcorpus"]),
+    "mine_window_upside_down": (("--range", 100, 30), ["range_min < range_max"]),
+    "mine_k_zero": (("--k", 0), ["--k", "0"]),
+    "mine_negative_margin": (("--margin", -1), ["margin must be > 0"]),
+}
+
+
+def bad_mine_option(option: tuple, needles: list[str]) -> Case:
+    """The case: mine of good files with ``option`` added."""
+
+    def build(t: Path) -> tuple[list, list]:
+        train, docs = mine_setup(t)
+        return mine_args(train, docs, t / "o.jsonl", *option), needles
+
+    return build
+
+
+# mine --overwrite, --out on an input: name -> ((training file, corpus) -> (--corpus, --out), message)
+OUT_ON_AN_INPUT = {
+    "mine_out_is_the_input": (lambda train, docs: (docs, train), ["{train}: is one of the inputs"]),
+    "mine_out_is_the_corpus": (lambda train, docs: (docs, docs), ["{docs}: is one of the inputs"]),
+    "mine_out_is_the_corpus_of_a_folder": (
+        lambda train, docs: (docs.parent, docs),
+        ["{docs}: is one of the inputs"],
+    ),
+}
+
+
+def out_on_an_input(corpus_and_out: Callable[[Path, Path], tuple[Path, Path]], needles: list[str]) -> Case:
+    """The case: mine --overwrite of good files, with the ``--corpus`` and ``--out`` chosen from them."""
+
+    def build(t: Path) -> tuple[list, list]:
+        train, docs = mine_setup(t)
+        corpus, out = corpus_and_out(train, docs)
+        return mine_args(train, corpus, out, "--overwrite"), says(needles, train=train, docs=docs)
+
+    return build
+
+
+MINE.update({name: bad_mine_file(*mistake) for name, mistake in BAD_MINE_FILES.items()})
+MINE.update({name: bad_mine_option(*mistake) for name, mistake in BAD_MINE_OPTIONS.items()})
+MINE.update({name: out_on_an_input(*mistake) for name, mistake in OUT_ON_AN_INPUT.items()})
 
 
 @case(MINE)
@@ -508,53 +519,10 @@ def mine_out_inside_the_teacher(t):
 
 
 @case(MINE)
-def mine_input_not_utf8(t):
-    train, docs = mine_setup(t, [RECORD, RECORD])
-    write(train, with_bad_byte(train.read_text(), 2))
-    return mine_args(train, docs, t / "o.jsonl"), [f"{train}:2: not valid UTF-8"]
-
-
-@case(MINE)
-def mine_input_line_not_json(t):
-    train, docs = mine_setup(t, [RECORD, '{"query": '])
-    return mine_args(train, docs, t / "o.jsonl"), [f"{train}:2: not valid JSON"]
-
-
-@case(MINE)
-def mine_input_record_without_pos(t):
-    train, docs = mine_setup(t, [{k: v for k, v in RECORD.items() if k != "pos"}])
-    return mine_args(train, docs, t / "o.jsonl"), [f"{train}:1: field 'pos' is missing"]
-
-
-@case(MINE)
-def mine_input_pos_ids_not_aligned(t):
-    train, docs = mine_setup(t, [RECORD, dict(RECORD, pos_ids=["d1", "d2"])])
-    return mine_args(train, docs, t / "o.jsonl"), [f"{train}:2: field 'pos_ids'"]
-
-
-@case(MINE)
-def mine_input_empty(t):
-    train, docs = mine_setup(t, [])
-    return mine_args(train, docs, t / "o.jsonl"), [f"{train}: holds no records"]
-
-
-@case(MINE)
 def mine_input_is_a_folder(t):
     _, docs = mine_setup(t)
     (t / "data.jsonl").mkdir()
     return mine_args(t / "data.jsonl", docs, t / "o.jsonl"), ["data.jsonl", "is a directory"]
-
-
-@case(MINE)
-def mine_corpus_not_utf8(t):
-    train, docs = mine_setup(t, corpus=with_bad_byte(jsonl(DOCS), 2))
-    return mine_args(train, docs, t / "o.jsonl"), [f"{docs}:2: not valid UTF-8"]
-
-
-@case(MINE)
-def mine_corpus_repeats_an_id(t):
-    train, docs = mine_setup(t, corpus=jsonl([*DOCS, DOCS[0]]))
-    return mine_args(train, docs, t / "o.jsonl"), [f"{docs}:4: _id 'd1' repeated"]
 
 
 @case(MINE)
@@ -568,51 +536,6 @@ def mine_corpus_folder_without_corpus(t):
 def mine_corpus_missing(t):
     train, _ = mine_setup(t)
     return mine_args(train, t / "nowhere.jsonl", t / "o.jsonl"), [f"{t / 'nowhere.jsonl'}: no such file"]
-
-
-@case(MINE)
-def mine_corpus_without_text(t):
-    train, docs = mine_setup(t, corpus=jsonl([{"_id": "d1", "text": " "}]))
-    return mine_args(train, docs, t / "o.jsonl"), [f"{docs}: holds no documents"]
-
-
-@case(MINE)
-def mine_pos_ids_not_in_corpus(t):
-    train, docs = mine_setup(t, [dict(RECORD, pos_ids=["d7"])])
-    return mine_args(train, docs, t / "o.jsonl"), [
-        f"{docs} ",
-        f"{train}:1: scifact query 'q1': pos_ids ['d7']",
-    ]
-
-
-@case(MINE)
-def mine_records_without_pos_ids(t):
-    train, docs = mine_setup(t, [{k: v for k, v in RECORD.items() if k != "pos_ids"}])
-    return mine_args(train, docs, t / "o.jsonl"), [f"{docs} ", f"{train}:1: scifact query 'q1': no pos_ids"]
-
-
-@case(MINE)
-def mine_no_record_of_the_dataset(t):
-    train, docs = mine_setup(t)
-    return mine_args(train, docs, t / "o.jsonl", "--dataset", "nfcorpus"), ["no record to mine", "nfcorpus"]
-
-
-@case(MINE)
-def mine_window_upside_down(t):
-    train, docs = mine_setup(t)
-    return mine_args(train, docs, t / "o.jsonl", "--range", 100, 30), ["range_min < range_max"]
-
-
-@case(MINE)
-def mine_k_zero(t):
-    train, docs = mine_setup(t)
-    return mine_args(train, docs, t / "o.jsonl", "--k", 0), ["--k", "0"]
-
-
-@case(MINE)
-def mine_negative_margin(t):
-    train, docs = mine_setup(t)
-    return mine_args(train, docs, t / "o.jsonl", "--margin", -1), ["margin must be > 0"]
 
 
 @case(MINE)
@@ -632,8 +555,8 @@ def mine_self_teacher_not_a_run(t):
 
 @pytest.mark.parametrize("name", sorted(MINE))
 def test_mine_refuses(name, tmp_path):
-    args, says = MINE[name](tmp_path)
-    refused("mine", *args, where=tmp_path, says=says, timeout=120)
+    args, needles = MINE[name](tmp_path)
+    refused("mine", *args, where=tmp_path, says=needles, timeout=120)
     assert not (tmp_path / "o.jsonl").exists()
 
 

@@ -95,13 +95,28 @@ def evaluation(t: Path, model: str = "builtin:minilm") -> Path:
     return out
 
 
-def ev(t: Path, *tasks: str, model: str = "builtin:minilm") -> tuple:
-    """``eval run MODEL --tasks ...`` into ``t/out``, which must not exist afterwards."""
-    return ("eval", "run", model, "--tasks", ",".join(map(str, tasks)), "--output-dir", t / "out")
+def ev(t: Path, *tasks: str, model: str | Path = "builtin:minilm", out: Path | None = None) -> tuple:
+    """``eval run MODEL --tasks ...`` into ``out`` (``t/out``), which must not exist afterwards."""
+    return ("eval", "run", model, "--tasks", ",".join(map(str, tasks)), "--output-dir", out or t / "out")
 
 
-def sts(t: Path, text: str | bytes, name: str = "sts.jsonl") -> str:
+def sts(t: Path, text: str | bytes = STS_JSONL, name: str = "sts.jsonl") -> str:
     return f"sts:{write(t / name, text)}"
+
+
+def with_model(t: Path, model: str | Path) -> tuple:
+    """``eval run MODEL`` of one good STS task: the cases whose mistake is the model."""
+    return ev(t, sts(t), model=model)
+
+
+def ret(t: Path, query: str = "", **files: str | bytes) -> tuple:
+    """``eval run`` of the retrieval task ``beir(t, **files)``, with ``query`` (``?split=...``) after it."""
+    return ev(t, f"retrieval:{beir(t, **files)}{query}")
+
+
+def lengths(t: Path, model: str | Path, task: str, out: Path | None = None) -> tuple:
+    """``eval lengths builtin:minilm MODEL --task TASK`` into ``out`` (``t/l``)."""
+    return ("eval", "lengths", "builtin:minilm", model, "--task", task, "--output-dir", out or t / "l")
 
 
 def clustering(t: Path, text: str | bytes, options: str = "") -> str:
@@ -112,12 +127,12 @@ def rerank(t: Path, text: str | bytes, name: str = "r.jsonl") -> str:
     return f"reranking:{write(t / name, text)}"
 
 
-def cls_folder(t: Path, train: str | None = None, test: str = LABELLED) -> Path:
-    """A classification folder: test.csv, and train.csv unless ``train`` is None."""
-    write(t / "cls" / "test.csv", test)
+def classification(t: Path, train: str | None = None, options: str = "") -> str:
+    """A classification task on the folder ``t/cls``: test.csv, and train.csv unless ``train`` is None."""
+    write(t / "cls" / "test.csv", LABELLED)
     if train is not None:
         write(t / "cls" / "train.csv", train)
-    return t / "cls"
+    return f"classification:{t / 'cls'}{options}"
 
 
 BIG = "text,category\n" + "x" * 200_000 + ",a\n"
@@ -132,75 +147,71 @@ STRANGER_QRELS = "q9\td1\t1\n"
 ONE_LABEL = "text,category\na,x\nb,x\n"
 CASES = {
     # ---- the model (checked before any data, without torch)
-    "model path missing": lambda t: (ev(t, sts(t, STS_JSONL), model=f"{t}/nope"), [f"{t}/nope", "no such"]),
-    "model is a file": lambda t: (ev(t, sts(t, STS_JSONL), model=write(t / "m.bin")), ["m.bin", "a file"]),
+    "model path missing": lambda t: (with_model(t, f"{t}/nope"), [f"{t}/nope", "no such"]),
+    "model is a file": lambda t: (with_model(t, write(t / "m.bin")), ["m.bin", "a file"]),
     "model folder not a model": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=write(t / "m" / "notes.txt").parent),
+        with_model(t, write(t / "m" / "notes.txt").parent),
         [f"{t}/m", "no sfr_ds.json", "no config.json"],
     ),
     "config.json not json": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=hf_model(t / "m", config="{model_type")),
+        with_model(t, hf_model(t / "m", config="{model_type")),
         ["m/config.json", "cannot be read"],
     ),
     "model without weights": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=hf_model(t / "m", weights=None)),
+        with_model(t, hf_model(t / "m", weights=None)),
         [f"{t}/m", "no model weights"],
     ),
     "weights cut short": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=hf_model(t / "m", weights=SAFETENSORS[:12])),
+        with_model(t, hf_model(t / "m", weights=SAFETENSORS[:12])),
         ["m/model.safetensors", "truncated"],
     ),
     "sfr_ds.json unreadable": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=adapter(t / "m", meta="{oops")),
+        with_model(t, adapter(t / "m", meta="{oops")),
         ["m/sfr_ds.json", "cannot be read"],
     ),
     "adapter_config unreadable": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=adapter(t / "m", config="[1,")),
+        with_model(t, adapter(t / "m", config="[1,")),
         ["m/adapter_config.json", "cannot be read"],
     ),
     "adapter weights cut short": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=adapter(t / "m", weights=CUT_TENSOR)),
+        with_model(t, adapter(t / "m", weights=CUT_TENSOR)),
         ["m/adapter_model.safetensors", "truncated"],
     ),
     "sfr_ds.json names no base": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=adapter(t / "m", meta=json.dumps({"pooling": "mean"}))),
+        with_model(t, adapter(t / "m", meta=json.dumps({"pooling": "mean"}))),
         ["m/sfr_ds.json", "lacks ['base_model'"],
     ),
     "adapter weights missing": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=adapter(t / "m", weights=None)),
+        with_model(t, adapter(t / "m", weights=None)),
         [f"{t}/m/adapter_model.safetensors", "missing"],
     ),
     "random-init base gone": lambda t: (
-        ev(
-            t,
-            sts(t, STS_JSONL),
-            model=adapter(t / "run" / "final", {"random_init": True, "base_model_dir": "../base_model"}),
-        ),
+        with_model(t, adapter(t / "run" / "final", {"random_init": True, "base_model_dir": "../base_model"})),
         ["final/sfr_ds.json", "base_model", "is gone"],
     ),
     "run without final": lambda t: (
-        ev(t, sts(t, STS_JSONL), model=write(t / "run" / "run.yaml", "model: {}\n").parent),
+        with_model(t, write(t / "run" / "run.yaml", "model: {}\n").parent),
         [f"{t}/run", "no final model"],
     ),
-    "unknown builtin": lambda t: (ev(t, sts(t, STS_JSONL), model="builtin:nope"), ["builtin:nope", "known"]),
+    "unknown builtin": lambda t: (with_model(t, "builtin:nope"), ["builtin:nope", "known"]),
     "hub name not cached offline": lambda t: (
-        ev(t, sts(t, STS_JSONL), model="no-such-org/no-such-model"),
+        with_model(t, "no-such-org/no-such-model"),
         ["no-such-org/no-such-model", "Hugging Face cache"],
     ),
     # ---- task specs
     "unknown kind": lambda t: (ev(t, f"retreival:{beir(t)}"), ["retreival:", "unknown kind 'retreival'"]),
     "unknown option": lambda t: (ev(t, f"sts:{t}?colour=red"), ["unknown option(s) ['colour']"]),
-    "name with ..": lambda t: (ev(t, sts(t, STS_JSONL) + "?name=.."), ["?name=..", "name='..'", "'..'"]),
-    "empty name": lambda t: (ev(t, sts(t, STS_JSONL) + "?name="), ["?name=", "is empty"]),
-    "split escapes": lambda t: (ev(t, f"retrieval:{beir(t)}?split=../x"), ["?split=../x", "path separator"]),
+    "name with ..": lambda t: (ev(t, sts(t) + "?name=.."), ["?name=..", "name='..'", "'..'"]),
+    "empty name": lambda t: (ev(t, sts(t) + "?name="), ["?name=", "is empty"]),
+    "split escapes": lambda t: (ret(t, "?split=../x"), ["?split=../x", "path separator"]),
     "train escapes": lambda t: (
-        ev(t, f"classification:{cls_folder(t, LABELLED)}?train=../secret.csv"),
+        ev(t, classification(t, LABELLED, "?train=../secret.csv")),
         ["?train=../secret.csv", "path separator"],
     ),
     "data path missing": lambda t: (ev(t, f"retrieval:{t}/nowhere"), [f"{t}/nowhere does not exist"]),
     "no path": lambda t: (ev(t, "sts:"), ["sts:", "no PATH"]),
     "duplicate task names": lambda t: (
-        ev(t, sts(t, STS_JSONL) + "?name=A", sts(t, STS_JSONL, "b.jsonl") + "?name=A"),
+        ev(t, sts(t) + "?name=A", sts(t, STS_JSONL, "b.jsonl") + "?name=A"),
         ["two specs name the same task ['A']"],
     ),
     "unknown suite": lambda t: (
@@ -225,64 +236,49 @@ CASES = {
         ),
         ["banking77/test.csv does not exist"],
     ),
-    "bad max length": lambda t: (ev(t, sts(t, STS_JSONL)) + ("--query-max-len", "0"), ["--query-max-len"]),
+    "bad max length": lambda t: (ev(t, sts(t)) + ("--query-max-len", "0"), ["--query-max-len"]),
     # ---- retrieval: BEIR folders
     "retrieval of a file": lambda t: (
         ev(t, f"retrieval:{write(t / 'c.jsonl', CORPUS)}"),
         ["c.jsonl is a file", "BEIR folder"],
     ),
-    "corpus missing": lambda t: (
-        ev(t, f"retrieval:{beir(t)}"),
-        ["beir/corpus.jsonl", "does not exist"],
-    ),
-    "corpus empty": lambda t: (
-        ev(t, f"retrieval:{beir(t, corpus='')}"),
-        ["beir/corpus.jsonl", "holds no rows"],
-    ),
+    "corpus missing": lambda t: (ret(t), ["beir/corpus.jsonl", "does not exist"]),
+    "corpus empty": lambda t: (ret(t, corpus=""), ["beir/corpus.jsonl", "holds no rows"]),
     "corpus bad json": lambda t: (
-        ev(t, f"retrieval:{beir(t, corpus=CORPUS + BAD_LINE)}"),
+        ret(t, corpus=CORPUS + BAD_LINE),
         ["beir/corpus.jsonl:3", "not valid JSON"],
     ),
-    "corpus without _id": lambda t: (
-        ev(t, f"retrieval:{beir(t, corpus=NO_ID)}"),
-        ["beir/corpus.jsonl:1", "'_id'"],
-    ),
+    "corpus without _id": lambda t: (ret(t, corpus=NO_ID), ["beir/corpus.jsonl:1", "'_id'"]),
     "corpus repeated _id": lambda t: (
-        ev(t, f"retrieval:{beir(t, corpus=CORPUS + REPEATED)}"),
+        ret(t, corpus=CORPUS + REPEATED),
         ["beir/corpus.jsonl:3", "'d1' repeated", "corpus.jsonl:1"],
     ),
     "corpus line not an object": lambda t: (
-        ev(t, f"retrieval:{beir(t, corpus='[1, 2]')}"),
+        ret(t, corpus="[1, 2]"),
         ["beir/corpus.jsonl:1", "expected a JSON object"],
     ),
     "corpus not utf-8": lambda t: (
-        ev(t, f"retrieval:{beir(t, corpus=CORPUS.encode() + NOT_UTF8)}"),
+        ret(t, corpus=CORPUS.encode() + NOT_UTF8),
         ["beir/corpus.jsonl:3", "UTF-8"],
     ),
     "queries text not a string": lambda t: (
-        ev(t, f"retrieval:{beir(t, queries=TEXT_NOT_STR)}"),
+        ret(t, queries=TEXT_NOT_STR),
         ["beir/queries.jsonl:1", "field 'text'"],
     ),
-    "qrels of the split missing": lambda t: (
-        ev(t, f"retrieval:{beir(t)}?split=dev"),
-        ["beir/qrels/dev.tsv", "does not exist"],
-    ),
+    "qrels of the split missing": lambda t: (ret(t, "?split=dev"), ["beir/qrels/dev.tsv", "does not exist"]),
     "qrels score not a number": lambda t: (
-        ev(t, f"retrieval:{beir(t, qrels=QRELS + WORDY_QRELS)}"),
+        ret(t, qrels=QRELS + WORDY_QRELS),
         ["beir/qrels/test.tsv:3", "field 'score'", "'high'"],
     ),
     "qrels short row": lambda t: (
-        ev(t, f"retrieval:{beir(t, qrels=SHORT_QRELS)}"),
+        ret(t, qrels=SHORT_QRELS),
         ["beir/qrels/test.tsv:1", "query-id<TAB>corpus-id<TAB>score"],
     ),
     "qrels match no query": lambda t: (
-        ev(t, f"retrieval:{beir(t, qrels=STRANGER_QRELS)}"),
+        ret(t, qrels=STRANGER_QRELS),
         ["beir/qrels/test.tsv", "none of its query ids", "queries.jsonl"],
     ),
-    "corpus is a folder": lambda t: (
-        ev(t, f"retrieval:{beir(t)}"),
-        ["beir/corpus.jsonl", "is a folder"],
-    ),
+    "corpus is a folder": lambda t: (ret(t), ["beir/corpus.jsonl", "is a folder"]),
     # ---- sts: STS-B TSV and JSONL
     "sts tsv too few columns": lambda t: (
         ev(t, sts(t, "a\tb\tc\n", "sts.csv")),
@@ -332,11 +328,11 @@ CASES = {
         ["c.csv:2", "field larger than field limit"],
     ),
     "classification without train.csv": lambda t: (
-        ev(t, f"classification:{cls_folder(t)}"),
+        ev(t, classification(t)),
         ["cls/train.csv", "does not exist"],
     ),
     "classification one label": lambda t: (
-        ev(t, f"classification:{cls_folder(t, train=ONE_LABEL)}"),
+        ev(t, classification(t, ONE_LABEL)),
         ["cls/train.csv", "one label only"],
     ),
     "classification of one file": lambda t: (
@@ -370,46 +366,17 @@ CASES = {
     ),
     "rerank path is a folder": lambda t: (ev(t, f"reranking:{t}"), [str(t), "is a folder"]),
     # ---- the output folder
-    "output dir holds other files": lambda t: (
-        ev(t, sts(t, STS_JSONL)),
-        [f"{t}/out", "holds files but no eval.json"],
-    ),
+    "output dir holds other files": lambda t: (ev(t, sts(t)), [f"{t}/out", "holds files but no eval.json"]),
     "output dir of another model": lambda t: (
-        (
-            "eval",
-            "run",
-            "builtin:minilm",
-            "--tasks",
-            sts(t, STS_JSONL),
-            "--output-dir",
-            evaluation(t, str(hf_model(t / "m"))),
-        ),
+        ev(t, sts(t), out=evaluation(t, str(hf_model(t / "m")))),
         ["holds an evaluation of", f"{t}/m"],
     ),
     "slurm output path with a backslash": lambda t: (
-        (
-            "eval",
-            "run",
-            "builtin:minilm",
-            "--tasks",
-            sts(t, STS_JSONL),
-            "--slurm",
-            "--output-dir",
-            t / "o\\x",
-        ),
+        ev(t, sts(t), out=t / "o\\x") + ("--slurm",),
         ["backslash", "--output-dir"],
     ),
     "slurm output path with a newline": lambda t: (
-        (
-            "eval",
-            "run",
-            "builtin:minilm",
-            "--tasks",
-            sts(t, STS_JSONL),
-            "--slurm",
-            "--output-dir",
-            t / "o\nx",
-        ),
+        ev(t, sts(t), out=t / "o\nx") + ("--slurm",),
         ["control character", "--output-dir"],
     ),
     # ---- the other sub-commands
@@ -451,42 +418,15 @@ CASES = {
         ["eval/eval.json", "lies inside the input"],
     ),
     "lengths of a non-retrieval task": lambda t: (
-        (
-            "eval",
-            "lengths",
-            "builtin:minilm",
-            "builtin:minilm",
-            "--task",
-            sts(t, STS_JSONL),
-            "--output-dir",
-            t / "l",
-        ),
+        lengths(t, "builtin:minilm", sts(t)),
         ["sts.jsonl", "needs a local retrieval task"],
     ),
     "lengths of a missing model": lambda t: (
-        (
-            "eval",
-            "lengths",
-            "builtin:minilm",
-            t / "nope",
-            "--task",
-            f"retrieval:{beir(t)}",
-            "--output-dir",
-            t / "l",
-        ),
+        lengths(t, t / "nope", f"retrieval:{beir(t)}"),
         [f"{t}/nope", "no such model folder"],
     ),
     "lengths over existing outputs": lambda t: (
-        (
-            "eval",
-            "lengths",
-            "builtin:minilm",
-            "builtin:minilm",
-            "--task",
-            f"retrieval:{beir(t)}",
-            "--output-dir",
-            write(t / "l" / "lengths.csv").parent,
-        ),
+        lengths(t, "builtin:minilm", f"retrieval:{beir(t)}", out=write(t / "l" / "lengths.csv").parent),
         ["l/lengths.csv", "--overwrite"],
     ),
     "worker of a missing element": lambda t: (

@@ -72,7 +72,93 @@ def plant(path: Path, marker: Path) -> Path:
 
 
 Case = Callable[[Path, Path], tuple[list, list]]  # (folder, run copy) -> (command line, what it must say)
-CASES: dict[str, Case] = {}
+
+
+def merge(run: Path, t: Path, *extra, out: Path | None = None) -> list:
+    return ["merge", run, "--out", out or t / "merged", *extra]
+
+
+def export(target: Path, t: Path, out: Path | None = None) -> list:
+    return ["export", target, "--out", out or t / "adapter"]
+
+
+def mine_self(run: Path, t: Path, *extra) -> list:
+    train = overwrite(t / "train.jsonl", json.dumps(RECORD) + "\n")
+    teacher = ["--corpus", "from-records", "--teacher", f"self:{run}"]
+    return ["mine", train, *teacher, "--out", t / "o.jsonl", *extra]
+
+
+def made(folder: Path) -> Path:
+    folder.mkdir()
+    return folder
+
+
+def not_empty(folder: Path) -> Path:
+    """``folder``, made to hold one file of the user's."""
+    overwrite(made(folder) / "keep.txt", "mine")
+    return folder
+
+
+def a_file(path: Path) -> Path:
+    return overwrite(path, "a file")
+
+
+def says(needles: list[str], **paths: Path) -> list[str]:
+    """``needles`` with ``{t}``, ``{run}``, ``{step}`` and ``{path}`` replaced by the case's paths."""
+    return [needle.format(**paths) for needle in needles]
+
+
+# --- what a command line gets wrong (the run copy is as trained) -----------------------------------
+
+# a wrong model, checkpoint or pooling to read: name -> (folder, run copy) -> (command line, message)
+CASES: dict[str, Case] = {
+    "merge_source_not_a_model_folder": lambda t, run: (
+        merge(made(t / "empty"), t),
+        [f"{t}/empty: no sfr_ds.json"],
+    ),
+    "merge_source_is_a_file": lambda t, run: (merge(run / "run.yaml", t), ["run.yaml", "is a file"]),
+    "merge_source_missing": lambda t, run: (merge(t / "nowhere", t), ["nowhere", "does not exist"]),
+    "export_not_a_checkpoint": lambda t, run: (
+        export(run / "final", t),
+        [f"{run}/final: not a complete sfr-ds checkpoint"],
+    ),
+    "export_checkpoint_missing": lambda t, run: (
+        export(run / "checkpoints" / "step-00000007", t),
+        ["step-00000007", "does not exist"],
+    ),
+    "mine_self_other_pooling": lambda t, run: (
+        mine_self(run, t, "--pooling", "mean"),
+        [f"{run}/final was trained with last pooling"],
+    ),
+}
+# --out already taken by the user's files: name -> (command, --out in the folder, what is there, message)
+OUT_TAKEN = {
+    "merge_out_not_empty": (merge, "out", not_empty, ["{t}/out exists and is not this adapter's merge"]),
+    "merge_out_is_a_file": (merge, "merged", a_file, ["merged", "is a file"]),
+    "export_out_not_empty": (export, "adapter", not_empty, ["{t}/adapter exists and is not empty"]),
+    "export_out_is_a_file": (export, "adapter", a_file, ["adapter", "is a file"]),
+}
+# merge with a bad option: name -> (the option and its value, what the message says)
+MERGE_OPTIONS = {
+    "max_shard_size_not_a_size": (("--max-shard-size", "abc"), ["--max-shard-size", "'abc' is not a size"]),
+    "max_shard_size_zero": (("--max-shard-size", "0GB"), ["--max-shard-size", "'0GB' is not a size"]),
+    "negative_tolerance": (("--tolerance", "-1"), ["--tolerance", "-1"]),
+    "unknown_dtype": (("--dtype", "fp16"), ["--dtype", "'fp16'"]),
+}
+
+
+def merge_with(option: tuple[str, str], needles: list[str]) -> Case:
+    return lambda t, run: (merge(run, t, *option), needles)
+
+
+def out_taken(
+    command: Callable[..., list], out: str, make: Callable[[Path], Path], needles: list[str]
+) -> Case:
+    return lambda t, run: (command(run, t, out=make(t / out)), says(needles, t=t))
+
+
+CASES.update({f"merge_{name}": merge_with(*mistake) for name, mistake in MERGE_OPTIONS.items()})
+CASES.update({name: out_taken(*mistake) for name, mistake in OUT_TAKEN.items()})
 
 
 def case(f: Case) -> Case:
@@ -80,271 +166,10 @@ def case(f: Case) -> Case:
     return f
 
 
-def merge(run: Path, t: Path, *extra) -> list:
-    return ["merge", run, "--out", t / "merged", *extra]
-
-
-def export(target: Path, t: Path) -> list:
-    return ["export", target, "--out", t / "adapter"]
-
-
-def mine_self(run: Path, t: Path, *extra) -> list:
-    train = overwrite(t / "train.jsonl", json.dumps(RECORD) + "\n")
-    return [
-        "mine",
-        train,
-        "--corpus",
-        "from-records",
-        "--teacher",
-        f"self:{run}",
-        "--out",
-        t / "o.jsonl",
-        *extra,
-    ]
-
-
-# --- merge ----------------------------------------------------------------------------------------
-
-
-@case
-def merge_source_not_a_model_folder(t, run):
-    (t / "empty").mkdir()
-    return merge(t / "empty", t), [f"{t / 'empty'}: no sfr_ds.json"]
-
-
-@case
-def merge_source_is_a_file(t, run):
-    return merge(run / "run.yaml", t), ["run.yaml", "is a file"]
-
-
-@case
-def merge_source_missing(t, run):
-    return merge(t / "nowhere", t), ["nowhere", "does not exist"]
-
-
-@case
-def merge_meta_truncated(t, run):
-    meta = truncate(run / "final" / "sfr_ds.json")
-    return merge(run, t), [f"{meta}: cannot be read"]
-
-
-@case
-def merge_meta_not_an_object(t, run):
-    meta = overwrite(run / "final" / "sfr_ds.json", "[1, 2]")
-    return merge(run, t), [f"{meta}: expected a JSON object"]
-
-
-@case
-def merge_meta_without_pooling(t, run):
-    meta = run / "final" / "sfr_ds.json"
-    overwrite(meta, json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "pooling"}))
-    return merge(run, t), [f"{meta}: lacks ['pooling']"]
-
-
-@case
-def merge_adapter_config_truncated(t, run):
-    config = truncate(run / "final" / "adapter_config.json")
-    return merge(run, t), [f"{config}: cannot be read (not valid JSON"]
-
-
-@case
-def merge_adapter_config_missing(t, run):
-    (run / "final" / "adapter_config.json").unlink()
-    return merge(run, t), [f"{run / 'final' / 'adapter_config.json'}: missing"]
-
-
-@case
-def merge_adapter_weights_truncated(t, run):
-    weights = truncate(run / "final" / "adapter_model.safetensors")
-    return merge(run, t), [f"{weights}: "]
-
-
-@case
-def merge_adapter_weights_missing(t, run):
-    (run / "final" / "adapter_model.safetensors").unlink()
-    return merge(run, t), [f"{run / 'final' / 'adapter_model.safetensors'}: missing"]
-
-
-@case
-def merge_adapter_weights_not_safetensors(t, run):
-    weights = overwrite(
-        run / "final" / "adapter_model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00not json"
-    )
-    return merge(run, t), [f"{weights}: not a safetensors file"]
-
-
-@case
-def merge_adapter_weights_cut_inside_the_data(t, run):
-    weights = run / "final" / "adapter_model.safetensors"
-    overwrite(weights, weights.read_bytes()[:-100])
-    return merge(run, t), [f"{weights}: holds", "truncated"]
-
-
-@case
-def merge_tokenizer_truncated(t, run):
-    tokenizer = truncate(run / "final" / "tokenizer.json")
-    return merge(run, t), [f"{tokenizer}: cannot be read (not valid JSON"]
-
-
-@case
-def merge_base_model_gone(t, run):
-    shutil.rmtree(run / "base_model")
-    return merge(run, t), ["base_model", "is gone"]
-
-
-@case
-def merge_base_weights_truncated(t, run):
-    weights = truncate(run / "base_model" / "model.safetensors")
-    return merge(run, t), [f"{weights}: "]
-
-
-@case
-def merge_base_config_truncated(t, run):
-    config = truncate(run / "base_model" / "config.json")
-    return merge(run, t), [f"{config}: cannot be read (not valid JSON"]
-
-
-@case
-def merge_base_not_a_folder(t, run):
-    meta = edit_json(run / "final" / "sfr_ds.json", random_init=None, base_model=str(t / "no-base"))
-    return merge(run, t), [f"{meta}: its base model", "no-base", "is not a folder"]
-
-
-@case
-def merge_unknown_builtin_base(t, run):
-    meta = edit_json(run / "final" / "sfr_ds.json", random_init=None, base_model="builtin:nope")
-    return merge(run, t), [f"{meta}: base_model: unknown built-in model 'builtin:nope'"]
-
-
-@case
-def merge_out_not_empty(t, run):
-    (t / "out").mkdir()
-    overwrite(t / "out" / "keep.txt", "mine")
-    return ["merge", run, "--out", t / "out"], [f"{t / 'out'} exists and is not this adapter's merge"]
-
-
-@case
-def merge_out_is_a_file(t, run):
-    overwrite(t / "merged", "a file")
-    return merge(run, t), ["merged", "is a file"]
-
-
-@case
-def merge_max_shard_size_not_a_size(t, run):
-    return merge(run, t, "--max-shard-size", "abc"), ["--max-shard-size", "'abc' is not a size"]
-
-
-@case
-def merge_max_shard_size_zero(t, run):
-    return merge(run, t, "--max-shard-size", "0GB"), ["--max-shard-size", "'0GB' is not a size"]
-
-
-@case
-def merge_negative_tolerance(t, run):
-    return merge(run, t, "--tolerance", "-1"), ["--tolerance", "-1"]
-
-
-@case
-def merge_unknown_dtype(t, run):
-    return merge(run, t, "--dtype", "fp16"), ["--dtype", "'fp16'"]
-
-
-# --- export ---------------------------------------------------------------------------------------
-
-
-@case
-def export_not_a_checkpoint(t, run):
-    return export(run / "final", t), [f"{run / 'final'}: not a complete sfr-ds checkpoint"]
-
-
-@case
-def export_without_latest(t, run):
-    (run / "checkpoints" / "latest").unlink()
-    return export(run, t), [f"{run / 'checkpoints'}: no complete checkpoint"]
-
-
-@case
-def export_latest_names_a_missing_step(t, run):
-    overwrite(run / "checkpoints" / "latest", "step-00000009")
-    return export(run, t), [f"{run / 'checkpoints' / 'latest'} names 'step-00000009'"]
-
-
 @case
 def export_incomplete_step(t, run):
     (run / "checkpoints" / STEP / "complete.json").unlink()
     return export(run / "checkpoints" / STEP, t), [f"{run / 'checkpoints' / STEP}: not a complete"]
-
-
-@case
-def export_run_yaml_missing(t, run):
-    (run / "run.yaml").unlink()
-    return export(run, t), [f"{run}: no run.yaml"]
-
-
-@case
-def export_run_yaml_broken(t, run):
-    config = overwrite(run / "run.yaml", "model:\n  name_or_path: [x\nlora: {}\n")
-    return export(run, t), [f"{config}:"]
-
-
-@case
-def export_run_yaml_bad_field(t, run):
-    config = run / "run.yaml"
-    overwrite(config, config.read_text().replace("r: 8", "r: eight"))
-    return export(run, t), [f"{config}: ", "lora.r"]
-
-
-@case
-def export_run_without_lora(t, run):
-    config = run / "run.yaml"
-    overwrite(config, config.read_text().replace("enabled: true", "enabled: false", 1))
-    return export(run, t), ["trained without LoRA"]
-
-
-@case
-def export_base_model_gone(t, run):
-    shutil.rmtree(run / "base_model")
-    return export(run, t), [f"{run / 'base_model'}: the random-init base model", "is gone"]
-
-
-@case
-def export_model_states_truncated(t, run):
-    states = truncate(run / "checkpoints" / STEP / MODEL_STATES)
-    return export(run, t), [f"{states}: cannot be read", "checkpoint step 2"]
-
-
-@case
-def export_model_states_empty(t, run):
-    states = overwrite(run / "checkpoints" / STEP / MODEL_STATES, b"")
-    return export(run, t), [f"{states}: cannot be read", "checkpoint step 2"]
-
-
-@case
-def export_model_states_not_torch(t, run):
-    states = overwrite(run / "checkpoints" / STEP / MODEL_STATES, "not a checkpoint\n" * 50)
-    return export(run, t), [f"{states}: cannot be read", "checkpoint step 2"]
-
-
-@case
-def export_model_states_missing(t, run):
-    (run / "checkpoints" / STEP / MODEL_STATES).unlink()
-    return export(run, t), [f"{run / 'checkpoints' / STEP}: no DeepSpeed *model_states.pt"]
-
-
-@case
-def export_model_states_not_deepspeed(t, run):
-    torch.save({"module": {"w": torch.zeros(2)}}, run / "checkpoints" / STEP / MODEL_STATES)
-    return export(run, t), [f"{run / 'checkpoints' / STEP}: not a checkpoint sfr-ds wrote", "step 2"]
-
-
-@case
-def export_model_states_mis_shaped(t, run):
-    path = run / "checkpoints" / STEP / MODEL_STATES
-    states = torch.load(path, weights_only=False)  # our own file
-    name = next(iter(states["module"]))
-    states["module"][name] = torch.zeros(1)
-    torch.save(states, path)
-    return export(run, t), [f"{run / 'checkpoints' / STEP}: ZeRO-2 checkpoint gave 1 of"]
 
 
 @case
@@ -356,80 +181,144 @@ def export_optim_states_truncated(t, run):
     ]
 
 
-@case
-def export_rng_state_truncated(t, run):
-    rng = truncate(run / "checkpoints" / STEP / "rng_rank00000.pt")
-    return export(run, t), [f"{rng}: cannot be read", "checkpoint step 2"]
+# --- one file of the run damaged ------------------------------------------------------------------
 
 
-@case
-def export_out_not_empty(t, run):
-    (t / "adapter").mkdir()
-    overwrite(t / "adapter" / "keep.txt", "mine")
-    return export(run, t), [f"{t / 'adapter'} exists and is not empty"]
+def unlink(path: Path) -> None:
+    path.unlink()
 
 
-@case
-def export_out_is_a_file(t, run):
-    overwrite(t / "adapter", "a file")
-    return export(run, t), ["adapter", "is a file"]
+def replaced_by(data: str | bytes) -> Callable[[Path], Path]:
+    return lambda path: overwrite(path, data)
 
 
-@case
-def export_checkpoint_missing(t, run):
-    return export(run / "checkpoints" / "step-00000007", t), ["step-00000007", "does not exist"]
+def edited(old: str, new: str, count: int = -1) -> Callable[[Path], Path]:
+    return lambda path: overwrite(path, path.read_text().replace(old, new, count))
 
 
-# --- mine with one of our runs as the teacher ------------------------------------------------------
+def cut_end(n: int) -> Callable[[Path], Path]:
+    """Drop the last ``n`` bytes: a file whose header is whole but whose data is not."""
+    return lambda path: overwrite(path, path.read_bytes()[:-n])
 
 
-@case
-def mine_self_meta_truncated(t, run):
-    meta = truncate(run / "final" / "sfr_ds.json")
-    return mine_self(run, t), [f"{meta}: cannot be read"]
+def without_key(key: str) -> Callable[[Path], Path]:
+    return lambda path: overwrite(
+        path, json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != key})
+    )
 
 
-@case
-def mine_self_adapter_config_truncated(t, run):
-    config = truncate(run / "final" / "adapter_config.json")
-    return mine_self(run, t), [f"{config}: cannot be read (not valid JSON"]
+def with_base(base: Callable[[Path], str]) -> Callable[[Path], Path]:
+    """sfr_ds.json naming ``base(its path)`` as the base model instead of the run's own random init."""
+    return lambda meta: edit_json(meta, random_init=None, base_model=base(meta))
 
 
-@case
-def mine_self_adapter_weights_truncated(t, run):
-    weights = truncate(run / "final" / "adapter_model.safetensors")
-    return mine_self(run, t), [f"{weights}: "]
+def save_module_only(path: Path) -> None:
+    torch.save({"module": {"w": torch.zeros(2)}}, path)
 
 
-@case
-def mine_self_tokenizer_truncated(t, run):
-    tokenizer = truncate(run / "final" / "tokenizer.json")
-    return mine_self(run, t), [f"{tokenizer}: cannot be read (not valid JSON"]
+def mis_shape(path: Path) -> None:
+    """One tensor of the model states replaced by one of another shape."""
+    states = torch.load(path, weights_only=False)  # our own file
+    name = next(iter(states["module"]))
+    states["module"][name] = torch.zeros(1)
+    torch.save(states, path)
 
 
-@case
-def mine_self_base_model_gone(t, run):
-    shutil.rmtree(run / "base_model")
-    return mine_self(run, t), ["base_model", "is gone"]
+Damage = tuple[Callable[[Path], object], str, list[str]]  # (what is done, to which file of the run, message)
+META, ADAPTER_CONFIG, TOKENIZER = "final/sfr_ds.json", "final/adapter_config.json", "final/tokenizer.json"
+ADAPTER_WEIGHTS = "final/adapter_model.safetensors"
+CHECKPOINT = f"checkpoints/{STEP}"
+STATES = f"{CHECKPOINT}/{MODEL_STATES}"
+NOT_SAFETENSORS = b"\x08\x00\x00\x00\x00\x00\x00\x00not json"  # an 8-byte header that is not JSON
+
+# the final model and its base, read by merge and by mine --teacher self:
+FINAL_DAMAGES: dict[str, Damage] = {
+    "meta_truncated": (truncate, META, ["{path}: cannot be read"]),
+    "meta_not_an_object": (replaced_by("[1, 2]"), META, ["{path}: expected a JSON object"]),
+    "meta_without_pooling": (without_key("pooling"), META, ["{path}: lacks ['pooling']"]),
+    "adapter_config_truncated": (truncate, ADAPTER_CONFIG, ["{path}: cannot be read (not valid JSON"]),
+    "adapter_config_missing": (unlink, ADAPTER_CONFIG, ["{path}: missing"]),
+    "adapter_weights_truncated": (truncate, ADAPTER_WEIGHTS, ["{path}: "]),
+    "adapter_weights_missing": (unlink, ADAPTER_WEIGHTS, ["{path}: missing"]),
+    "adapter_weights_not_safetensors": (
+        replaced_by(NOT_SAFETENSORS),
+        ADAPTER_WEIGHTS,
+        ["{path}: not a safetensors file"],
+    ),
+    "adapter_weights_cut_inside_the_data": (cut_end(100), ADAPTER_WEIGHTS, ["{path}: holds", "truncated"]),
+    "tokenizer_truncated": (truncate, TOKENIZER, ["{path}: cannot be read (not valid JSON"]),
+    "base_model_gone": (shutil.rmtree, "base_model", ["base_model", "is gone"]),
+    "base_weights_truncated": (truncate, "base_model/model.safetensors", ["{path}: "]),
+    "base_config_truncated": (truncate, "base_model/config.json", ["{path}: cannot be read (not valid JSON"]),
+    "base_not_a_folder": (
+        with_base(lambda meta: str(meta.parents[2] / "no-base")),  # beside the run, and missing
+        META,
+        ["{path}: its base model", "no-base", "is not a folder"],
+    ),
+    "unknown_builtin_base": (
+        with_base(lambda meta: "builtin:nope"),
+        META,
+        ["{path}: base_model: unknown built-in model 'builtin:nope'"],
+    ),
+}
+# the run's checkpoints and run.yaml, read by export
+CHECKPOINT_DAMAGES: dict[str, Damage] = {
+    "without_latest": (unlink, "checkpoints/latest", ["{run}/checkpoints: no complete checkpoint"]),
+    "latest_names_a_missing_step": (
+        replaced_by("step-00000009"),
+        "checkpoints/latest",
+        ["{path} names 'step-00000009'"],
+    ),
+    "run_yaml_missing": (unlink, "run.yaml", ["{run}: no run.yaml"]),
+    "run_yaml_broken": (replaced_by("model:\n  name_or_path: [x\nlora: {}\n"), "run.yaml", ["{path}:"]),
+    "run_yaml_bad_field": (edited("r: 8", "r: eight"), "run.yaml", ["{path}: ", "lora.r"]),
+    "run_without_lora": (edited("enabled: true", "enabled: false", 1), "run.yaml", ["trained without LoRA"]),
+    "base_model_gone": (shutil.rmtree, "base_model", ["{path}: the random-init base model", "is gone"]),
+    "model_states_truncated": (truncate, STATES, ["{path}: cannot be read", "checkpoint step 2"]),
+    "model_states_empty": (replaced_by(b""), STATES, ["{path}: cannot be read", "checkpoint step 2"]),
+    "model_states_not_torch": (
+        replaced_by("not a checkpoint\n" * 50),
+        STATES,
+        ["{path}: cannot be read", "checkpoint step 2"],
+    ),
+    "model_states_missing": (unlink, STATES, ["{step}: no DeepSpeed *model_states.pt"]),
+    "model_states_not_deepspeed": (
+        save_module_only,
+        STATES,
+        ["{step}: not a checkpoint sfr-ds wrote", "step 2"],
+    ),
+    "model_states_mis_shaped": (mis_shape, STATES, ["{step}: ZeRO-2 checkpoint gave 1 of"]),
+    "rng_state_truncated": (
+        truncate,
+        f"{CHECKPOINT}/rng_rank00000.pt",
+        ["{path}: cannot be read", "checkpoint step 2"],
+    ),
+}
 
 
-@case
-def mine_self_base_weights_truncated(t, run):
-    weights = truncate(run / "base_model" / "model.safetensors")
-    return mine_self(run, t), [f"{weights}: "]
+def damaged(damage: Damage, command: Callable[[Path, Path], list]) -> Case:
+    """The case: damage one file of the run, then give the run to ``command``."""
+    spoil, file, needles = damage
+
+    def build(t: Path, run: Path) -> tuple[list, list]:
+        spoil(run / file)
+        return command(run, t), says(needles, t=t, run=run, step=run / CHECKPOINT, path=run / file)
+
+    return build
 
 
-@case
-def mine_self_other_pooling(t, run):
-    return mine_self(run, t, "--pooling", "mean"), [f"{run / 'final'} was trained with last pooling"]
+for name, damage in FINAL_DAMAGES.items():
+    CASES[f"merge_{name}"] = damaged(damage, merge)
+    CASES[f"mine_self_{name}"] = damaged(damage, mine_self)
+CASES.update({f"export_{name}": damaged(damage, export) for name, damage in CHECKPOINT_DAMAGES.items()})
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_model_commands_refuse(name, trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run, symlinks=True)
-    args, says = CASES[name](tmp_path, run)
-    p = refused(*args, where=tmp_path, says=says)
+    args, needles = CASES[name](tmp_path, run)
+    p = refused(*args, where=tmp_path, says=needles)
     errors = [line for line in p.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, p.stderr
     for out in ("merged", "adapter", "o.jsonl"):  # nothing written, not even a half-built folder

@@ -19,23 +19,18 @@ TINY_CFG = yaml.safe_load(TINY.read_text())
 DATA = ROOT / "sfr_ds" / "resources" / "data" / "tiny.jsonl"
 
 
-def config(tmp, text=None, **sections) -> str:
-    """A config file in ``tmp``: ``text`` as given, else configs/tiny.yaml with ``sections`` merged in."""
-    path = tmp / "c.yaml"
-    if text is None:
-        data = json.loads(json.dumps(TINY_CFG))
-        for name, fields in sections.items():
-            if isinstance(fields, dict) and isinstance(data.get(name), dict):
-                data[name].update(fields)
-            else:
-                data[name] = fields
-        text = yaml.safe_dump(data)
-    path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return str(path)
+def merged(**sections) -> str:
+    """configs/tiny.yaml with ``sections`` merged in, as YAML text."""
+    data = json.loads(json.dumps(TINY_CFG))
+    for name, fields in sections.items():
+        if isinstance(fields, dict) and isinstance(data.get(name), dict):
+            data[name].update(fields)
+        else:
+            data[name] = fields
+    return yaml.safe_dump(data)
 
 
-def ds_json(tmp, text) -> str:
-    path = tmp / "ds.json"
+def write(path, text) -> str:
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return str(path)
 
@@ -44,193 +39,148 @@ def train(tmp, *args):
     return ("train", *args, "--output-dir", tmp / "run")
 
 
+def refused_train(tmp, args, says):
+    refused(*train(tmp, *args), where=tmp, says=says)
+    assert not (tmp / "run").exists(), "a refused run must not create its folder"
+
+
 TINY_TEXT = TINY.read_text()
-UNQUOTED_KEY = "{\n  bf16: 1\n}"  # JSON needs "bf16"
-NOT_UTF8 = b"{\xff}"
-CASES = {
-    # ---- the config file
-    "config missing": lambda t: (train(t, t / "none.yaml"), [t / "none.yaml", "no such file"]),
-    "config is a folder": lambda t: (train(t, t), [str(t), "is a folder"]),
-    "yaml syntax": lambda t: (train(t, config(t, "model: {pooling: last\ndata: 1\n")), ["c.yaml:2"]),
-    "tab indent": lambda t: (
-        train(t, config(t, TINY_TEXT.replace("  pooling", "\tpooling"))),
-        ["c.yaml:", "tabs"],
-    ),
-    "repeated key": lambda t: (
-        train(t, config(t, TINY_TEXT + "lora:\n  r: 4\n")),
-        ["c.yaml:", "'lora' repeated"],
-    ),
-    "top level list": lambda t: (train(t, config(t, "- model\n- data\n")), ["c.yaml", "mapping of sections"]),
-    "config not utf-8": lambda t: (train(t, config(t, b"model:\n  pooling: \xff\n")), ["c.yaml", "UTF-8"]),
-    "unknown section": lambda t: (train(t, config(t, modle={"x": 1})), ["unknown field 'modle'", "'model'"]),
-    "unknown field": lambda t: (
-        train(t, config(t, data={"hard_negs": 3})),
-        ["'data.hard_negs'", "hard_negatives"],
-    ),
-    "wrong type": lambda t: (
-        train(t, config(t, data={"global_batch_size": "many"})),
-        ["'data.global_batch_size'"],
-    ),
-    "bad literal": lambda t: (train(t, config(t, model={"pooling": "max"})), ["'model.pooling'", "'last'"]),
-    "section not mapping": lambda t: (train(t, config(t, model=5)), ["'model' must be a mapping"]),
-    "batch zero": lambda t: (
-        train(t, config(t, data={"global_batch_size": 0})),
-        ["'data.global_batch_size'"],
-    ),
-    "negatives negative": lambda t: (
-        train(t, config(t, data={"hard_negatives": -1})),
-        ["'data.hard_negatives'"],
-    ),
-    "query len 1": lambda t: (train(t, config(t, data={"query_max_len": 1})), ["'data.query_max_len'"]),
-    "doc len 0": lambda t: (train(t, config(t, data={"doc_max_len": 0})), ["'data.doc_max_len'"]),
-    "weights negative": lambda t: (
-        train(t, config(t, data={"dataset_weights": {"scifact": -1}})),
-        ["'data.dataset_weights.scifact'"],
-    ),
-    "weights unknown dataset": lambda t: (
-        train(t, config(t, data={"dataset_weights": {"nosuch": 2}})),
-        ["dataset_weights", "nosuch"],
-    ),
-    "short negatives policy": lambda t: (
-        train(t, config(t, data={"short_negatives": "drop"})),
-        ["'data.short_negatives'"],
-    ),
-    "temperature zero": lambda t: (train(t, config(t, loss={"temperature": 0})), ["'loss.temperature'"]),
-    "chunk tokens short": lambda t: (
-        train(t, config(t, gradcache={"packing": True, "chunk_tokens": 16})),
+# The config file's own text: YAML mistakes, named by file and line.
+TEXT_CASES = {
+    "yaml syntax": ("model: {pooling: last\ndata: 1\n", ["c.yaml:2"]),
+    "tab indent": (TINY_TEXT.replace("  pooling", "\tpooling"), ["c.yaml:", "tabs"]),
+    "repeated key": (TINY_TEXT + "lora:\n  r: 4\n", ["c.yaml:", "'lora' repeated"]),
+    "top level list": ("- model\n- data\n", ["c.yaml", "mapping of sections"]),
+    "config not utf-8": (b"model:\n  pooling: \xff\n", ["c.yaml", "UTF-8"]),
+}
+# configs/tiny.yaml with one section changed: each bad field named, with what it must be.
+FIELD_CASES = {
+    "unknown section": ({"modle": {"x": 1}}, ["unknown field 'modle'", "'model'"]),
+    "unknown field": ({"data": {"hard_negs": 3}}, ["'data.hard_negs'", "hard_negatives"]),
+    "wrong type": ({"data": {"global_batch_size": "many"}}, ["'data.global_batch_size'"]),
+    "bad literal": ({"model": {"pooling": "max"}}, ["'model.pooling'", "'last'"]),
+    "section not mapping": ({"model": 5}, ["'model' must be a mapping"]),
+    "batch zero": ({"data": {"global_batch_size": 0}}, ["'data.global_batch_size'"]),
+    "negatives negative": ({"data": {"hard_negatives": -1}}, ["'data.hard_negatives'"]),
+    "query len 1": ({"data": {"query_max_len": 1}}, ["'data.query_max_len'"]),
+    "doc len 0": ({"data": {"doc_max_len": 0}}, ["'data.doc_max_len'"]),
+    "weights negative": ({"data": {"dataset_weights": {"scifact": -1}}}, ["'data.dataset_weights.scifact'"]),
+    "weights unknown dataset": ({"data": {"dataset_weights": {"nosuch": 2}}}, ["dataset_weights", "nosuch"]),
+    "short negatives policy": ({"data": {"short_negatives": "drop"}}, ["'data.short_negatives'"]),
+    "temperature zero": ({"loss": {"temperature": 0}}, ["'loss.temperature'"]),
+    "chunk tokens short": (
+        {"gradcache": {"packing": True, "chunk_tokens": 16}},
         ["'gradcache.chunk_tokens' (16)"],
     ),
-    "packing without gradcache": lambda t: (
-        train(t, config(t, gradcache={"packing": True, "enabled": False})),
-        ["'gradcache.packing' needs gradcache.enabled=true"],
+    "packing without gradcache": (
+        {"gradcache": {"packing": True, "enabled": False}},
+        ["needs gradcache.enabled"],
     ),
-    "chunk size zero": lambda t: (
-        train(t, config(t, gradcache={"chunk_size": 0})),
-        ["'gradcache.chunk_size'"],
+    "chunk size zero": ({"gradcache": {"chunk_size": 0}}, ["'gradcache.chunk_size'"]),
+    "lr zero": ({"optim": {"lr": 0}}, ["'optim.lr'"]),
+    "lr text": ({"optim": {"lr": "fast"}}, ["'optim.lr' must be float"]),
+    "betas three": ({"optim": {"betas": [0.9, 0.99, 0.9]}}, ["'optim.betas'"]),
+    "betas text": ({"optim": {"betas": ["a", "b"]}}, ["'optim.betas' must be two numbers"]),
+    "warmup negative": ({"optim": {"warmup_steps": -5}}, ["'optim.warmup_steps'"]),
+    "epochs zero": ({"optim": {"epochs": 0}}, ["'optim.epochs'"]),
+    "max steps zero": ({"optim": {"max_steps": 0}}, ["'optim.max_steps'"]),
+    "clip negative": ({"optim": {"grad_clip": -1}}, ["'optim.grad_clip'"]),
+    "lora r zero": ({"lora": {"r": 0}}, ["'lora.r'"]),
+    "lora dropout one": ({"lora": {"dropout": 1.0}}, ["'lora.dropout'"]),
+    "save every zero": ({"run": {"save_every": 0}}, ["'run.save_every'"]),
+    "keep zero": ({"run": {"keep_checkpoints": 0}}, ["'run.keep_checkpoints'"]),
+    "timeout zero": ({"run": {"dist_timeout_s": 0}}, ["'run.dist_timeout_s'"]),
+    "nonfinite policy": ({"run": {"on_nonfinite": "ignore"}}, ["'run.on_nonfinite'"]),
+    "random init no type": ({"model": {"random_init": {"hidden_size": 8}}}, ["needs a 'model_type'"]),
+    "dtype fp16": ({"model": {"dtype": "fp16"}}, ["'model.dtype'"]),
+    "every problem at once": ({"lora": {"r": 0}, "optim": {"lr": 0}}, ["'lora.r'", "'optim.lr'"]),
+    "train files empty": ({"data": {"train_files": []}}, ["'data.train_files' is empty"]),
+    "train file not a path": ({"data": {"train_files": [1]}}, ["'data.train_files' must be a list of paths"]),
+    "train file twice": ({"data": {"train_files": [str(DATA), str(DATA)]}}, [f"lists {DATA} twice"]),
+}
+# The DeepSpeed JSON that deepspeed.config names: checked before any model is built.
+DS_CASES = {
+    "ds invalid json": ("{\n  bf16: 1\n}", ["ds.json:2", "not valid JSON"]),
+    "ds not object": ("[1, 2]", ["ds.json", "JSON object"]),
+    "ds not utf-8": (b"{\xff}", ["ds.json", "UTF-8"]),
+    "ds stage 5": (
+        {"zero_optimization": {"stage": 5}},
+        ["'zero_optimization.stage' must be 0, 1, 2 or 3, got 5"],
     ),
-    "lr zero": lambda t: (train(t, config(t, optim={"lr": 0})), ["'optim.lr'"]),
-    "lr text": lambda t: (train(t, config(t, optim={"lr": "fast"})), ["'optim.lr' must be float"]),
-    "betas three": lambda t: (train(t, config(t, optim={"betas": [0.9, 0.99, 0.9]})), ["'optim.betas'"]),
-    "betas text": lambda t: (
-        train(t, config(t, optim={"betas": ["a", "b"]})),
-        ["'optim.betas' must be two numbers"],
+    "ds stage text": ({"zero_optimization": {"stage": "two"}}, ["ds.json", "'zero_optimization.stage'"]),
+    "ds bf16 mismatch": (
+        {"bf16": {"enabled": True}},
+        ["ds.json", "bf16.enabled=True but model.dtype='fp32'"],
     ),
-    "warmup negative": lambda t: (train(t, config(t, optim={"warmup_steps": -5})), ["'optim.warmup_steps'"]),
-    "epochs zero": lambda t: (train(t, config(t, optim={"epochs": 0})), ["'optim.epochs'"]),
-    "max steps zero": lambda t: (train(t, config(t, optim={"max_steps": 0})), ["'optim.max_steps'"]),
-    "clip negative": lambda t: (train(t, config(t, optim={"grad_clip": -1})), ["'optim.grad_clip'"]),
-    "lora r zero": lambda t: (train(t, config(t, lora={"r": 0})), ["'lora.r'"]),
-    "lora dropout one": lambda t: (train(t, config(t, lora={"dropout": 1.0})), ["'lora.dropout'"]),
-    "save every zero": lambda t: (train(t, config(t, run={"save_every": 0})), ["'run.save_every'"]),
-    "keep zero": lambda t: (train(t, config(t, run={"keep_checkpoints": 0})), ["'run.keep_checkpoints'"]),
-    "timeout zero": lambda t: (train(t, config(t, run={"dist_timeout_s": 0})), ["'run.dist_timeout_s'"]),
-    "nonfinite policy": lambda t: (
-        train(t, config(t, run={"on_nonfinite": "ignore"})),
-        ["'run.on_nonfinite'"],
+    "ds bf16 not bool": ({"bf16": {"enabled": "yes"}}, ["ds.json", "'bf16.enabled' must be true or false"]),
+    "ds sets optimizer": ({"optimizer": {"type": "Adam"}}, ["ds.json", "remove 'optimizer'"]),
+    "ds sets batch": (
+        {"train_batch_size": 8},
+        ["ds.json", "remove 'train_batch_size'", "data.global_batch_size"],
     ),
-    "random init no type": lambda t: (
-        train(t, config(t, model={"random_init": {"hidden_size": 8}})),
-        ["'model.random_init' needs a 'model_type'"],
+}
+# Arguments after configs/tiny.yaml: overrides and options.
+ARG_CASES = {
+    "override without =": (["optim.lr"], ["'optim.lr' is not of the form key=value"]),
+    "override bad yaml": (["data.train_files=[a"], ["data.train_files=[a", "not valid YAML"]),
+    "override empty key": (["=5"], ["the key before '=' must be section.field"]),
+    "override into a value": (["optim.lr.x=1"], ["'lr' is not a section"]),
+    "override unknown field": (["optim.rate=1"], ["unknown field 'optim.rate'"]),
+    "override wrong type": (["lora.r=eight"], ["'lora.r' must be int"]),
+    "nproc negative": (["--nproc-per-node", "-1"], ["--nproc-per-node", "-1"]),
+    "nproc zero": (["--nproc-per-node", "0"], ["--nproc-per-node"]),
+    "nproc text": (["--nproc-per-node", "two"], ["--nproc-per-node", "two"]),
+    "batch not divisible": (
+        ["--nproc-per-node", "3"],
+        ["data.global_batch_size=8 is not divisible by the 3 ranks"],
     ),
-    "dtype fp16": lambda t: (train(t, config(t, model={"dtype": "fp16"})), ["'model.dtype'"]),
-    "every problem at once": lambda t: (
-        train(t, config(t, lora={"r": 0}, optim={"lr": 0})),
-        ["'lora.r'", "'optim.lr'"],
-    ),
-    # ---- the files a config names
-    "train files empty": lambda t: (
-        train(t, config(t, data={"train_files": []})),
-        ["'data.train_files' is empty"],
-    ),
-    "train file not a path": lambda t: (
-        train(t, config(t, data={"train_files": [1]})),
-        ["'data.train_files' must be a list of paths"],
-    ),
-    "train file missing": lambda t: (
-        train(t, config(t, data={"train_files": [str(t / "nope.jsonl")]})),
-        [t / "nope.jsonl", "file not found"],
-    ),
-    "train file is a folder": lambda t: (
-        train(t, config(t, data={"train_files": [str(t)]})),
-        [f"{t} is a folder"],
-    ),
-    "train file twice": lambda t: (
-        train(t, config(t, data={"train_files": [str(DATA), str(DATA)]})),
-        [f"lists {DATA} twice"],
-    ),
-    # ---- overrides
-    "override without =": lambda t: (train(t, TINY, "optim.lr"), ["'optim.lr' is not of the form key=value"]),
-    "override bad yaml": lambda t: (
-        train(t, TINY, "data.train_files=[a"),
-        ["data.train_files=[a", "not valid YAML"],
-    ),
-    "override empty key": lambda t: (train(t, TINY, "=5"), ["the key before '=' must be section.field"]),
-    "override into a value": lambda t: (train(t, TINY, "optim.lr.x=1"), ["'lr' is not a section"]),
-    "override unknown field": lambda t: (train(t, TINY, "optim.rate=1"), ["unknown field 'optim.rate'"]),
-    "override wrong type": lambda t: (train(t, TINY, "lora.r=eight"), ["'lora.r' must be int"]),
-    # ---- the DeepSpeed JSON
+}
+# Paths that are missing, folders, or files where folders belong.
+PATH_CASES = {
+    "config missing": lambda t: (train(t, t / "none.yaml"), [t / "none.yaml", "no such file"]),
+    "config is a folder": lambda t: (train(t, t), [str(t), "is a folder"]),
+    "train file missing": lambda t: (train(t, TINY, f"data.train_files=[{t}/no.jsonl]"), [f"{t}/no.jsonl"]),
+    "train file is a folder": lambda t: (train(t, TINY, f"data.train_files=[{t}]"), [f"{t} is a folder"]),
     "ds missing": lambda t: (
         train(t, TINY, f"deepspeed.config={t / 'no.json'}"),
         [t / "no.json", "not found"],
     ),
     "ds is a folder": lambda t: (train(t, TINY, f"deepspeed.config={t}"), [f"{t} is a folder"]),
-    "ds invalid json": lambda t: (
-        train(t, TINY, f"deepspeed.config={ds_json(t, UNQUOTED_KEY)}"),
-        ["ds.json:2", "not valid JSON"],
-    ),
-    "ds not object": lambda t: (
-        train(t, TINY, f"deepspeed.config={ds_json(t, '[1, 2]')}"),
-        ["ds.json", "JSON object"],
-    ),
-    "ds stage 5": lambda t: (
-        train(t, TINY, f"deepspeed.config={ds_json(t, json.dumps({'zero_optimization': {'stage': 5}}))}"),
-        ["ds.json", "'zero_optimization.stage' must be 0, 1, 2 or 3, got 5"],
-    ),
-    "ds stage text": lambda t: (
-        train(t, TINY, f"deepspeed.config={ds_json(t, json.dumps({'zero_optimization': {'stage': 'two'}}))}"),
-        ["ds.json", "'zero_optimization.stage'"],
-    ),
-    "ds bf16 mismatch": lambda t: (
-        train(t, TINY, f"deepspeed.config={ds_json(t, json.dumps({'bf16': {'enabled': True}}))}"),
-        ["ds.json", "bf16.enabled=True but model.dtype='fp32'"],
-    ),
-    "ds bf16 not bool": lambda t: (
-        train(t, TINY, f"deepspeed.config={ds_json(t, json.dumps({'bf16': {'enabled': 'yes'}}))}"),
-        ["ds.json", "'bf16.enabled' must be true or false"],
-    ),
-    "ds sets optimizer": lambda t: (
-        train(t, TINY, f"deepspeed.config={ds_json(t, json.dumps({'optimizer': {'type': 'Adam'}}))}"),
-        ["ds.json", "remove 'optimizer'"],
-    ),
-    "ds sets batch": lambda t: (
-        train(t, TINY, f"deepspeed.config={ds_json(t, json.dumps({'train_batch_size': 8}))}"),
-        ["ds.json", "remove 'train_batch_size'", "data.global_batch_size"],
-    ),
-    "ds not utf-8": lambda t: (
-        train(t, TINY, f"deepspeed.config={ds_json(t, NOT_UTF8)}"),
-        ["ds.json", "UTF-8"],
-    ),
-    # ---- the command line
-    "nproc negative": lambda t: (train(t, TINY, "--nproc-per-node", "-1"), ["--nproc-per-node", "-1"]),
-    "nproc zero": lambda t: (train(t, TINY, "--nproc-per-node", "0"), ["--nproc-per-node"]),
-    "nproc text": lambda t: (train(t, TINY, "--nproc-per-node", "two"), ["--nproc-per-node", "two"]),
-    "batch not divisible": lambda t: (
-        train(t, TINY, "--nproc-per-node", "3"),
-        ["data.global_batch_size=8 is not divisible by the 3 ranks"],
-    ),
     "no config": lambda t: (("train", "--output-dir", t / "run"), ["give a CONFIG"]),
     "resume without folder": lambda t: (("train", "--resume"), ["give a CONFIG"]),
     "resume a non-run": lambda t: (("train", "--resume", "--output-dir", t), [f"{t} has no run.yaml"]),
-    "output dir is a file": lambda t: (
-        ("train", TINY, "--output-dir", DATA),
-        ["--output-dir", str(DATA)],
-    ),
+    "output dir is a file": lambda t: (("train", TINY, "--output-dir", DATA), ["--output-dir", str(DATA)]),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_train_refuses(case, tmp_path):
-    args, says = CASES[case](tmp_path)
+@pytest.mark.parametrize("case", list(TEXT_CASES))
+def test_config_text_refused(case, tmp_path):
+    text, says = TEXT_CASES[case]
+    refused_train(tmp_path, [write(tmp_path / "c.yaml", text)], says)
+
+
+@pytest.mark.parametrize("case", list(FIELD_CASES))
+def test_config_field_refused(case, tmp_path):
+    sections, says = FIELD_CASES[case]
+    refused_train(tmp_path, [write(tmp_path / "c.yaml", merged(**sections))], says)
+
+
+@pytest.mark.parametrize("case", list(DS_CASES))
+def test_deepspeed_json_refused(case, tmp_path):
+    content, says = DS_CASES[case]
+    text = content if isinstance(content, (str, bytes)) else json.dumps(content)
+    refused_train(tmp_path, [TINY, f"deepspeed.config={write(tmp_path / 'ds.json', text)}"], says)
+
+
+@pytest.mark.parametrize("case", list(ARG_CASES))
+def test_arguments_refused(case, tmp_path):
+    args, says = ARG_CASES[case]
+    refused_train(tmp_path, [TINY, *args], says)
+
+
+@pytest.mark.parametrize("case", list(PATH_CASES))
+def test_paths_refused(case, tmp_path):
+    args, says = PATH_CASES[case](tmp_path)
     refused(*args, where=tmp_path, says=says)
     assert not (tmp_path / "run").exists(), "a refused run must not create its folder"
 

@@ -17,7 +17,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sfr_ds.data.records import OWN_NEGATIVE_TASKS, Record, RecordError, check_record, iter_jsonl, text_lines
+from sfr_ds.data.records import (
+    OWN_NEGATIVE_TASKS,
+    Record,
+    RecordError,
+    check_record,
+    csv_rows,
+    iter_jsonl,
+    table_reader,
+    text_lines,
+)
 
 # Task instructions in the e5-mistral style (one sentence, no trailing "Query:"); keys are
 # lower-case dataset names. Symmetric tasks (STS) use one generic instruction for both sides.
@@ -115,24 +124,6 @@ def _emit(record: Record, where: str, out: list[Record], report: PrepareReport) 
 # ---------------------------------------------------------------------------------------- BEIR
 
 
-def _csv_rows(path: str | os.PathLike, reader) -> Iterator[list]:
-    """The rows of a ``csv`` reader over ``path``; a row csv cannot parse is one error naming its line."""
-    rows = iter(reader)
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise RecordError(f"{path}:{reader.line_num}: not a valid CSV row ({e})") from None
-        yield row
-
-
-def _tsv(path: str | os.PathLike):
-    """A tab-separated reader of ``path`` that decodes line by line (``records.text_lines``)."""
-    return csv.reader((line for _, line in text_lines(path)), delimiter="\t", quoting=csv.QUOTE_NONE)
-
-
 def _read_beir_jsonl(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
     """Yield (``file:line``, object) of a BEIR JSONL file, failing loudly (file:line) on a bad line.
 
@@ -177,8 +168,8 @@ def _load_queries(path: Path) -> dict[str, str]:
 def _load_qrels(path: Path) -> dict[str, list[tuple[str, float]]]:
     """Query id -> [(doc id, score)] in file order; the header row is optional."""
     qrels: dict[str, list[tuple[str, float]]] = {}
-    reader = _tsv(path)
-    for row in _csv_rows(path, reader):
+    reader = table_reader(path, tabs=True)
+    for row in csv_rows(path, reader, "TSV"):
         lineno = reader.line_num
         if not row or (lineno == 1 and row[0] == "query-id"):
             continue
@@ -255,8 +246,8 @@ def from_sts(
     instruction = instruction_for(dataset, instruction)
     report = PrepareReport(os.fspath(path))
     records: list[Record] = []
-    reader = _tsv(path)
-    for row in _csv_rows(path, reader):
+    reader = table_reader(path, tabs=True)
+    for row in csv_rows(path, reader, "TSV"):
         where = f"{path}:{reader.line_num}"
         if not row:
             continue
@@ -300,7 +291,7 @@ def _read_labelled(
     missing = [n for n in (text_field, label_field) if n not in header]
     if missing:
         raise RecordError(f"{path}:1: header {header} lacks column(s) {missing}")
-    for row in _csv_rows(path, reader):
+    for row in csv_rows(path, reader):
         where = f"{path}:{reader.line_num}"
         if row[text_field] is None or row[label_field] is None:
             raise RecordError(f"{where}: row has fewer columns than the header")

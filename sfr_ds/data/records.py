@@ -7,6 +7,7 @@ is reported with the file, the 1-based line and the field, so a user can open th
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -136,7 +137,7 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
         raise RecordError(f"{path}: is a folder; expected a file")
     if not os.path.exists(path):
         raise RecordError(f"{path}: no such file")
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         for lineno, line in enumerate(f, 1):
             try:
                 line.encode("utf-8")
@@ -147,6 +148,27 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
                     "save the file as UTF-8"
                 ) from None
             yield lineno, line
+
+
+def csv_rows(path: str | os.PathLike, reader, kind: str = "CSV") -> Iterator:
+    """The rows of a ``csv`` reader over ``path``'s ``text_lines``; a row csv cannot parse is one
+    error naming its line (``reader.line_num`` is the line of the row just read)."""
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise RecordError(f"{path}:{reader.line_num}: not a valid {kind} row ({e})") from None
+        yield row
+
+
+def table_reader(path: str | os.PathLike, tabs: bool = False):
+    """A ``csv.reader`` over ``path``: strict CSV (a stray quote would silently swallow the rows
+    after it), or TSV without quoting (STS-B and WikiQA texts hold bare quotes)."""
+    fmt = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tabs else {"strict": True}
+    return csv.reader((line for _, line in text_lines(path)), **fmt)
 
 
 def iter_jsonl(path: str | os.PathLike):

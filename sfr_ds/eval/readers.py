@@ -7,7 +7,6 @@ read to the array element).
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 from collections.abc import Iterable, Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..data.prepare import doc_text
-from ..data.records import RecordError, iter_jsonl
+from ..data.records import RecordError, csv_rows, iter_jsonl, table_reader
 from .specs import LocalSpec, TaskSpecError, parse_local
 
 T = TypeVar("T")
@@ -47,27 +46,14 @@ def _reading(path: Path) -> Iterator[None]:
         yield
     except TaskSpecError:
         raise
-    except RecordError as e:  # sfr_ds.data's JSONL reader: already names file:line
+    except RecordError as e:  # sfr_ds.data's line readers (UTF-8, JSON, CSV rows): already name file:line
         raise TaskSpecError(str(e)) from None
-    except UnicodeDecodeError:
-        raise TaskSpecError(f"{path}:{_undecodable_line(path)}: not UTF-8 text; save it as UTF-8") from None
     except IsADirectoryError:
         raise TaskSpecError(f"{path}: is a folder; expected a file") from None
     except FileNotFoundError:
         raise TaskSpecError(f"{path}: does not exist") from None
     except OSError as e:
         raise TaskSpecError(f"{path}: cannot be read ({e.strerror or e})") from None
-
-
-def _undecodable_line(path: Path) -> int:
-    """The first line that is not UTF-8 (a newline byte never sits inside a UTF-8 character)."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return lineno
-    return 0
 
 
 def _read(path: Path, rows: Iterable[T], head: bool = False) -> list[T]:
@@ -84,20 +70,11 @@ def _read(path: Path, rows: Iterable[T], head: bool = False) -> list[T]:
 
 
 def _table(path: Path, tabs: bool = False) -> Iterator[tuple[str, list[str]]]:
-    """(``file:line``, cells) per non-blank row of a CSV (strict: a stray quote would silently
-    swallow the rows after it), or of a TSV (no quoting: STS-B and WikiQA texts hold bare quotes)."""
-    kind, fmt = ("TSV", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}) if tabs else ("CSV", {"strict": True})
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, **fmt)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                raise TaskSpecError(f"{path}:{reader.line_num}: not a valid {kind} row ({e})") from None
-            if any(cell.strip() for cell in row):
-                yield f"{path}:{reader.line_num}", row
+    """(``file:line``, cells) per non-blank row of a CSV or TSV (``records.table_reader``)."""
+    reader = table_reader(path, tabs)
+    for row in csv_rows(path, reader, "TSV" if tabs else "CSV"):
+        if any(cell.strip() for cell in row):
+            yield f"{path}:{reader.line_num}", row
 
 
 def _objects(path: Path) -> Iterator[tuple[str, dict]]:
