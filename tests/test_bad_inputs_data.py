@@ -573,6 +573,7 @@ def test_mine_without_the_mining_extra_says_how_to_install_it(module, tmp_path):
         where=tmp_path,
         env=env,
         says=[f"mining needs {module}", 'pip install -e ".[mining]"'],
+        process=True,  # PYTHONPATH must hide the module from a fresh interpreter
     )
 
 
