@@ -48,6 +48,7 @@ class Variant:
 class Study:
     title: str = ""
     rows: dict = field(default_factory=dict)  # column name -> Variant fields
+    dims: list = field(default_factory=list)  # also score its rows at these widths (Matryoshka)
 
 
 @dataclass
@@ -104,6 +105,8 @@ def load_ablate_config(
         }
         if not study.rows:
             problems.append(f"studies.{name}: no rows")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in study.dims or []):
+            problems.append(f"'studies.{name}.dims' must be whole numbers >= 1, got {study.dims!r}")
         studies[name] = study
     if not studies:
         problems.append("'studies' is empty")
@@ -155,6 +158,10 @@ def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dic
     for study in studies.values():
         for v in study.rows.values():
             rows.setdefault(resolve(cfg, v), None)
+    dims: dict[Row, set[int]] = {row: set() for row in rows}  # widths each row is scored at
+    for study in studies.values():
+        for v in study.rows.values():
+            dims[resolve(cfg, v)].update(study.dims)
     data = Path(cfg.train_input) if cfg.train_input else out / "data" / "train.jsonl"
     stages, start = [], []
     demo = Path(cfg.start_from_demo) if cfg.start_from_demo else None
@@ -191,7 +198,7 @@ def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dic
         if mined.name not in mined_done:
             mined_done.add(mined.name)
             stages.append(_mine(row, data, mined, out))
-        stages += _train_and_eval(cfg, row, baseline, mined, start)
+        stages += _train_and_eval(cfg, row, baseline, mined, start, sorted(dims[row], reverse=True))
     columns = {
         name: {col: out / "rows" / resolve(cfg, v).slug(baseline) / "eval" for col, v in study.rows.items()}
         for name, study in studies.items()
@@ -216,22 +223,29 @@ def _mine(row: Row, data: Path, mined: Path, out: Path) -> Stage:
     )
 
 
-def _train_and_eval(cfg: AblateConfig, row: Row, baseline: Row, mined: Path, start: list[str]) -> list[Stage]:
-    """The row's run directory and its evaluation, under ``rows/SLUG``."""
+def _train_and_eval(
+    cfg: AblateConfig, row: Row, baseline: Row, mined: Path, start: list[str], dims: list[int]
+) -> list[Stage]:
+    """The row's run directory and its evaluation (also at ``dims`` widths), under ``rows/SLUG``."""
     slug = row.slug(baseline)
     d = Path(cfg.output_dir) / "rows" / slug
     overrides = [f"data.train_files=[{mined}]", *start] + [f"{k}={v}" for k, v in row.train]
     return [
         train_stage(f"train row {slug}", cfg.train_config, d / "train", overrides, cfg.nproc),
         eval_stage(
-            f"evaluate row {slug}", d / "train", d / "eval", "--no-progress", *map(str, cfg.eval_args)
+            f"evaluate row {slug}",
+            d / "train",
+            d / "eval",
+            "--no-progress",
+            *map(str, cfg.eval_args),
+            dims=dims,
         ),
     ]
 
 
 def tables(cfg: AblateConfig, studies: dict[str, Study], columns: dict[str, dict[str, Path]]) -> str:
     """Each study's table (seed layout) into STUDY.md, all of them into ablations.md."""
-    from .eval.suite import compare, read_scores
+    from .eval.suite import compare, read_scores, width_table
 
     out, parts = Path(cfg.output_dir), []
     if cfg.start_from_demo:
@@ -245,6 +259,11 @@ def tables(cfg: AblateConfig, studies: dict[str, Study], columns: dict[str, dict
             s.label = col
             scores.append(s)
         text = f"## {study.title or name}\n\n" + compare(scores)
+        if study.dims:
+            text += "\nBy embedding width:\n\n" + width_table(
+                list(columns[name].values()), list(columns[name])
+            )
+            text += "\n"
         (out / f"{name}.md").write_text(text)
         parts.append(text)
     text = "\n".join(parts)

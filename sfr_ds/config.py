@@ -72,6 +72,10 @@ class DataConfig:
 class LossConfig:
     temperature: float = 0.02
     mask_duplicates: bool = True  # identical texts never act as each other's negatives
+    # Matryoshka: the loss summed over these embedding prefixes (each renormalised when the model
+    # normalises), e.g. [4096, 1024, 256]; [] trains the full width only, as the SFR recipe does.
+    matryoshka_dims: list = field(default_factory=list)
+    matryoshka_weights: list = field(default_factory=list)  # one per dim; [] weighs each 1
 
 
 @dataclass
@@ -276,6 +280,7 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
             f"'data.dataset_weights.{name}' must be a number >= 0, got {w!r}",
         )
     need(c.loss.temperature > 0, "'loss.temperature' must be > 0 (0.02 in the SFR recipe)")
+    p += _matryoshka_checks(c.loss)
     need(c.gradcache.chunk_size >= 1, "'gradcache.chunk_size' must be >= 1")
     longest = max(c.data.query_max_len, c.data.doc_max_len)
     need(
@@ -301,6 +306,23 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
         c.model.random_init is None or "model_type" in c.model.random_init,
         "'model.random_init' needs a 'model_type' key (e.g. mistral)",
     )
+    return p
+
+
+def _matryoshka_checks(loss: LossConfig) -> list[str]:
+    dims, weights = loss.matryoshka_dims, loss.matryoshka_weights
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+        return [f"'loss.matryoshka_dims' must be whole numbers >= 1 (e.g. [4096, 1024, 256]), got {dims!r}"]
+    p = []
+    if len(set(dims)) != len(dims):
+        p.append(f"'loss.matryoshka_dims' lists a dimension twice: {dims!r}")
+    if weights and len(weights) != len(dims):
+        p.append(
+            f"'loss.matryoshka_weights' needs one weight per dimension of loss.matryoshka_dims "
+            f"({len(dims)}), got {len(weights)}"
+        )
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights):
+        p.append(f"'loss.matryoshka_weights' must be numbers > 0, got {weights!r}")
     return p
 
 

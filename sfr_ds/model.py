@@ -105,6 +105,18 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
+def backbone_config(cfg: ModelConfig):
+    """The backbone's transformers config (its shape), without loading any weights."""
+    from transformers import AutoConfig
+
+    if cfg.random_init is not None:
+        arch = dict(cfg.random_init)
+        return AutoConfig.for_model(arch.pop("model_type"), **arch)
+    return AutoConfig.from_pretrained(
+        resolve_model_path(cfg.name_or_path), trust_remote_code=cfg.trust_remote_code
+    )
+
+
 def load_backbone(cfg: ModelConfig, packed: bool = False) -> nn.Module:
     """A transformers AutoModel (no LM head), from weights or built randomly from ``random_init``.
 
@@ -112,16 +124,14 @@ def load_backbone(cfg: ModelConfig, packed: bool = False) -> nn.Module:
     builds no mask for an attention it has no mask function for, so nothing of size T x T is made
     and nothing is read back from the device (its own packed-sequence detection does both).
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     if packed:
         packed_attention.register()
     attn = packed_attention.PACKED_ATTENTION if packed else pick_attention(cfg.attn_implementation)
     dtype = DTYPES[cfg.dtype]
     if cfg.random_init is not None:
-        arch = dict(cfg.random_init)
-        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-        model = AutoModel.from_config(config, attn_implementation=attn, dtype=dtype)
+        model = AutoModel.from_config(backbone_config(cfg), attn_implementation=attn, dtype=dtype)
     else:
         model = AutoModel.from_pretrained(
             resolve_model_path(cfg.name_or_path),

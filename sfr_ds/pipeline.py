@@ -65,10 +65,17 @@ def trained(run: Path) -> Callable[[], bool]:
     return RunDir(run).finished
 
 
-def eval_done(folder: Path) -> bool:
-    """Every task of the evaluation folder has its result (its summary names none missing)."""
-    summary = Path(folder) / "summary.json"
-    return summary.exists() and json.loads(summary.read_text())["missing"] == []
+def eval_done(folder: Path, dims: Sequence[int] = ()) -> bool:
+    """Every task of the evaluation folder has its result (its summary names none missing), at
+    every width of ``dims`` narrower than the model's too."""
+    summary, settings = Path(folder) / "summary.json", Path(folder) / "model_settings.json"
+    if not summary.exists() or json.loads(summary.read_text())["missing"]:
+        return False
+    if not dims:
+        return True
+    width = json.loads(settings.read_text())["embedding_dim"] if settings.exists() else None
+    scored = set(json.loads(summary.read_text()).get("dims", {}))
+    return all(str(d) in scored for d in dims if width is None or d < width)
 
 
 def mine_stage(
@@ -85,10 +92,12 @@ def train_stage(name: str, config: str, run: Path, overrides: Sequence[str], npr
     return Stage(name, Path(run), trained(run), command)
 
 
-def eval_stage(name: str, model: str | Path, folder: Path, *options: str) -> Stage:
-    """``sfr-ds eval run`` of ``model`` into ``folder`` (an interrupted one skips its scored tasks)."""
-    command = cli("eval", "run", model, "--output-dir", folder, *options)
-    return Stage(name, Path(folder), lambda: eval_done(folder), command)
+def eval_stage(name: str, model: str | Path, folder: Path, *options: str, dims: Sequence[int] = ()) -> Stage:
+    """``sfr-ds eval run`` of ``model`` into ``folder`` (an interrupted one skips its scored tasks),
+    also at the first ``dims`` dimensions when given."""
+    widths = ["--dims", ",".join(map(str, dims))] if dims else []
+    command = cli("eval", "run", model, "--output-dir", folder, *options, *widths)
+    return Stage(name, Path(folder), lambda: eval_done(folder, dims), command)
 
 
 # ----------------------------------------------------------------------------- here

@@ -223,7 +223,9 @@ def write_meta(folder: Path, meta: dict[str, Any]) -> None:
 
 def encode_meta(cfg, base_dir: str | None) -> dict[str, Any]:
     """``sfr_ds.json`` of an adapter: how to encode as training did (``cfg`` is the run's
-    TrainConfig; ``base_dir`` locates a random-init base, relative to the folder)."""
+    TrainConfig; ``base_dir`` locates a random-init base, relative to the folder). A Matryoshka
+    run also records the widths it trained."""
+    matryoshka = {"matryoshka_dims": cfg.loss.matryoshka_dims} if cfg.loss.matryoshka_dims else {}
     return {
         "base_model": cfg.model.name_or_path,
         "random_init": cfg.model.random_init,
@@ -235,6 +237,7 @@ def encode_meta(cfg, base_dir: str | None) -> dict[str, Any]:
         "doc_max_len": cfg.data.doc_max_len,
         "dtype": cfg.model.dtype,
         "lora": cfg.lora.enabled,
+        **matryoshka,
     }
 
 

@@ -21,9 +21,9 @@ from .engine import checkpoints
 from .engine.training import current_lr, initialize, optimizer_step, skip_step, trainable_state
 from .forward_backward import ChunkPolicy, forward_backward
 from .guards import StepGate, StopFlag, memory_advice
-from .loss import InfoNCE
+from .loss import InfoNCE, check_matryoshka_dims
 from .metrics import MetricsLog, log_line, step_row
-from .model import build_embedder, count_parameters, load_tokenizer
+from .model import backbone_config, build_embedder, count_parameters, load_tokenizer
 from .run_dir import RunDir, Start, base_dir_for, config_changes, encode_meta, plan_start, write_model_folder
 
 
@@ -40,6 +40,7 @@ def train(cfg: TrainConfig, resume: bool = False, after_backward: Callable | Non
     start = plan_run(run, cfg, resume)
     if start.finished:
         return run.root
+    check_model_shape(cfg)
     data = TrainingData.load(cfg)
     chunks = ChunkPolicy.from_config(cfg.gradcache)
     for line in [*data.describe(), arithmetic(cfg, me.world, chunks)]:
@@ -52,7 +53,7 @@ def train(cfg: TrainConfig, resume: bool = False, after_backward: Callable | Non
     metrics = MetricsLog(
         run.metrics_file, run.tensorboard if cfg.run.tensorboard else None, me.is_main, first
     )
-    loss = InfoNCE.from_config(cfg.loss)
+    loss = InfoNCE.from_config(cfg.loss, cfg.model.normalize)
     make = data.maker(rank_rows(cfg, me.rank, me.world), tokenizer, cfg)
 
     for step, (gb, inputs), waited in prefetched(make, range(first, data.total_steps)):
@@ -109,6 +110,12 @@ def plan_run(run: RunDir, cfg: TrainConfig, resume: bool) -> Start:
     if start.note:
         say(start.note)
     return start
+
+
+def check_model_shape(cfg: TrainConfig) -> None:
+    """Settings that depend on the model's shape (from its config, no weights), before any write."""
+    if cfg.loss.matryoshka_dims:
+        check_matryoshka_dims(cfg.loss, backbone_config(cfg.model).hidden_size)
 
 
 def write_run_config(run: RunDir, cfg: TrainConfig) -> None:

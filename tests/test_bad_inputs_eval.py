@@ -109,6 +109,16 @@ def with_model(t: Path, model: str | Path) -> tuple:
     return ev(t, sts(t), model=model)
 
 
+SICK_HEADER = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
+
+
+def semeval(t: Path, inputs: str | bytes, gold: str) -> str:
+    """``sts:`` of a SemEval year folder ``t/semeval`` with one subset, x."""
+    write(t / "semeval" / "STS.input.x.txt", inputs)
+    write(t / "semeval" / "STS.gs.x.txt", gold)
+    return f"sts:{t / 'semeval'}"
+
+
 def ret(t: Path, query: str = "", **files: str | bytes) -> tuple:
     """``eval run`` of the retrieval task ``beir(t, **files)``, with ``query`` (``?split=...``) after it."""
     return ev(t, f"retrieval:{beir(t, **files)}{query}")
@@ -300,6 +310,51 @@ CASES = {
     "sts path is a folder": lambda t: (
         ev(t, f"sts:{write(t / 'sts.csv' / 'x').parent}"),
         ["sts.csv", "is a folder"],
+    ),
+    # ---- sts: SemEval STS 2012-2016 (STS.input.X.txt + STS.gs.X.txt) and SICK
+    "semeval gold shorter": lambda t: (
+        ev(t, semeval(t, "a\tb\nc\td\n", "3.0\n")),
+        ["STS.input.x.txt: 2 lines", "STS.gs.x.txt has 1"],
+    ),
+    "semeval one column": lambda t: (
+        ev(t, semeval(t, "a\tb\nonly one\n", "3.0\n2.5\n")),
+        ["STS.input.x.txt:2", "sentence1<TAB>sentence2", "1 column"],
+    ),
+    "semeval gold not a number": lambda t: (
+        ev(t, semeval(t, "a\tb\n", "high\n")),
+        ["STS.gs.x.txt:1", "field 'score'", "'high'"],
+    ),
+    "semeval gold missing": lambda t: (
+        ev(t, "sts:" + str(write(t / "y" / "STS.input.x.txt", "a\tb\n").parent)),
+        ["STS.input.x.txt", "no gold scores beside it", "STS.gs.x.txt"],
+    ),
+    "semeval not utf-8": lambda t: (
+        ev(t, semeval(t, b"a\tb\n\xe9\tc\n", "1\n2\n")),
+        ["STS.input.x.txt:2", "UTF-8"],
+    ),
+    "sts folder of other files": lambda t: (
+        ev(t, f"sts:{write(t / 'y' / 'notes.txt', 'x').parent}"),
+        ["y is a folder with none of them", "STS.input"],
+    ),
+    "sick header without score": lambda t: (
+        ev(t, sts(t, "pair_ID\tsentence_A\tsentence_B\n1\ta\tb\n", "SICK.txt")),
+        ["SICK.txt:1", "lacks ['relatedness_score']"],
+    ),
+    "sick score not a number": lambda t: (
+        ev(t, sts(t, SICK_HEADER + "1\ta\tb\tlots\tNEUTRAL\n", "SICK_train.txt")),
+        ["SICK_train.txt:2", "field 'relatedness_score'", "'lots'"],
+    ),
+    "sick split without SemEval_set": lambda t: (
+        ev(t, sts(t, SICK_HEADER + "1\ta\tb\t4.5\tNEUTRAL\n", "SICK_test_annotated.txt") + "?split=test"),
+        ["SICK_test_annotated.txt:1", "?split=test needs the SemEval_set column"],
+    ),
+    "qrels grade fractional": lambda t: (
+        ret(t, qrels="q1\td1\t1.5\n"),
+        ["beir/qrels/test.tsv:1", "'1.5'", "whole number >= 0"],
+    ),
+    "qrels grade negative": lambda t: (
+        ret(t, qrels=QRELS + "q1\td2\t-1\n"),
+        ["beir/qrels/test.tsv:3", "'-1'", "whole number >= 0"],
     ),
     "sts not utf-8": lambda t: (
         ev(t, sts(t, STS_TSV.encode() + b"x\t\xe9\n", "sts.csv")),

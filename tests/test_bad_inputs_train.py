@@ -68,6 +68,16 @@ FIELD_CASES = {
     "weights unknown dataset": ({"data": {"dataset_weights": {"nosuch": 2}}}, ["dataset_weights", "nosuch"]),
     "short negatives policy": ({"data": {"short_negatives": "drop"}}, ["'data.short_negatives'"]),
     "temperature zero": ({"loss": {"temperature": 0}}, ["'loss.temperature'"]),
+    "matryoshka dims not numbers": ({"loss": {"matryoshka_dims": ["all"]}}, ["'loss.matryoshka_dims'"]),
+    "matryoshka dim twice": ({"loss": {"matryoshka_dims": [64, 64]}}, ["'loss.matryoshka_dims'", "twice"]),
+    "matryoshka weights short": (
+        {"loss": {"matryoshka_dims": [64, 32], "matryoshka_weights": [1]}},
+        ["'loss.matryoshka_weights'", "one weight per dimension"],
+    ),
+    "matryoshka wider than model": (
+        {"loss": {"matryoshka_dims": [128, 32]}},
+        ["'loss.matryoshka_dims': [128] exceed the model's embedding width (64)"],
+    ),
     "chunk tokens short": (
         {"gradcache": {"packing": True, "chunk_tokens": 16}},
         ["'gradcache.chunk_tokens' (16)"],

@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import SHARED_DATA, TINY, sfr_ds
 
+from sfr_ds.data.prepare import INSTRUCTIONS
 from sfr_ds.data.tokens import format_query
 from sfr_ds.eval.cache import text_key
 from sfr_ds.eval.models import ModelSpec
@@ -130,16 +131,16 @@ def sts_pairs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 # ----------------------------------------------------------------------------- helpers
 
 
-def eval_cli(*args, timeout: int = 900) -> subprocess.CompletedProcess:
-    return sfr_ds("eval", *args, "--no-progress", timeout=timeout)
+def eval_cli(*args, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+    return sfr_ds("eval", *args, "--no-progress", timeout=timeout, check=check)
 
 
-def score(out: Path, task: str) -> float:
+def score(out: Path, task: str, dim: int | None = None) -> float:
     """Main score from mteb's own result file, read by mteb (not by our summary code)."""
     from mteb import TaskResult
 
     manifest = Manifest.load(out)
-    return TaskResult.from_disk(manifest.result_path(out, task)).get_score()
+    return TaskResult.from_disk(manifest.result_path(out, task, dim)).get_score()
 
 
 def cached(out: Path, task: str, split: str, texts: list[str], max_len: int) -> np.ndarray:
@@ -256,6 +257,47 @@ def test_rerun_skips_finished_tasks(minilm_published, cache_dir):
     assert sorted(cache_dir.rglob("*.keys")) == shards  # nothing encoded: no new cache shard
 
 
+def test_dims_score_every_task_at_each_width_from_one_encoding(minilm_published, cache_dir, tmp_path):
+    """--dims scores a task at 128 and 32 dimensions from cached embeddings (nothing encoded
+    again); the STS score at 128 equals numpy on the first 128 columns of the cached rows."""
+    shards = sorted(cache_dir.rglob("*.keys"))
+    sts = PUBLISHED_TASKS.split(",")[0]
+    out = tmp_path / "dims"
+    eval_cli(
+        "builtin:minilm",
+        "--tasks",
+        sts,
+        "--output-dir",
+        out,
+        "--cache-dir",
+        cache_dir,
+        "--dims",
+        "128,32,384",
+    )
+    assert sorted(cache_dir.rglob("*.keys")) == shards
+    s1, s2, gold = sts_pairs(SHARED_DATA / "stsbenchmark" / "sts-test.csv")
+    max_len = settings(out)["query_max_len"]
+    a = cached(out, "STSBenchmark", "test", s1, max_len)[:, :128]
+    b = cached(out, "STSBenchmark", "test", s2, max_len)[:, :128]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert numpy_spearman(cos, gold) == pytest.approx(score(out, "STSBenchmark", 128), abs=1e-6)
+    assert score(out, "STSBenchmark", 32) < score(out, "STSBenchmark", 128) < score(out, "STSBenchmark")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["dims"]) == {"128", "32"}  # 384 is the model's full width: the main table
+    assert summary["dims"]["32"]["tasks"]["STSBenchmark"] == pytest.approx(
+        100 * score(out, "STSBenchmark", 32)
+    )
+    assert "## By embedding width (Matryoshka)" in (out / "summary.md").read_text()
+    compared = sfr_ds("eval", "compare", out, minilm_published).stdout
+    assert "| % of full at 32 |" in compared and "| AVG full (384) |" in compared
+    # wider than the model: the task fails naming the width, before anything is scored
+    wide = eval_cli(
+        "builtin:minilm", "--tasks", sts, "--output-dir", tmp_path / "w", "--cache-dir", cache_dir,
+        "--dims", "1000", check=False,
+    )  # fmt: skip
+    assert wide.returncode != 0 and "--dims [1000] exceed the model's embedding width (384)" in wide.stdout
+
+
 def test_fingerprint_follows_a_runs_content_not_its_place(tiny_run, tmp_path):
     """A copied run keeps its fingerprint (its results and cached embeddings stay valid), whether
     named by its folder or its final/; new adapter weights change it."""
@@ -271,6 +313,34 @@ def test_fingerprint_follows_a_runs_content_not_its_place(tiny_run, tmp_path):
     data[-1] ^= 1
     adapter.write_bytes(bytes(data))
     assert fingerprint(ModelSpec(str(copy))) != original
+
+
+def test_default_instructions_of_local_tasks(tmp_path):
+    """docs/eval.md's order: ?instruction=, else the folder's known instruction, else mteb's
+    default for the kind; documents never get one."""
+    from mteb.types import PromptType
+
+    from sfr_ds.eval.encoder import MtebEncoder
+    from sfr_ds.eval.models import LoadedModel
+    from sfr_ds.eval.tasks import build_task
+
+    encoder = MtebEncoder(LoadedModel(None, True, {}), "sfr-ds/x", "r", None)
+    mine, fiqa = tmp_path / "mydocs", tmp_path / "fiqa"
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        for folder in (mine, fiqa):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text("")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("")
+
+    def instruction(spec: str, side=PromptType.query) -> str:
+        return encoder.instruction(build_task(spec).metadata, side)
+
+    assert instruction(f"retrieval:{mine}") == "Retrieve text based on user query."
+    assert instruction(f"retrieval:{mine}", PromptType.document) == ""
+    assert instruction(f"retrieval:{mine}?instruction=Find it") == "Find it"
+    assert instruction(f"sts:{pairs}", None) == "Retrieve semantically similar text."
+    assert instruction(f"retrieval:{fiqa}") == INSTRUCTIONS["fiqa"]
 
 
 def test_instructions_reach_queries_only_and_eval_equals_training_encode(tiny_run, mini, cache_dir, tmp_path):
@@ -348,6 +418,26 @@ def test_dev_suite_table_and_compare(dev_outs, tmp_path):
     assert avg[2] == pytest.approx(avg[1] - avg[0], abs=0.011)
     assert float(table["Retrieval_dev"][1]) > float(table["Retrieval_dev"][0])  # MiniLM beats a random model
     assert (tmp_path / "compare.md").read_text() == p.stdout.rstrip("\n") + "\n"
+
+
+def test_summary_says_how_much_data_was_scored_and_dropped(dev_outs, mini):
+    """WikiQA questions without a correct answer are dropped (nothing to find): counted here from
+    the file, independently, and named in the summary with their reason."""
+    answers: dict[str, set[str]] = {}
+    for line in (mini / "wikiqa" / "WikiQA-test.txt").read_text().splitlines():
+        question, _, label = line.split("\t")
+        answers.setdefault(question, set()).add(label)
+    kept = sum("1" in labels for labels in answers.values())
+    qrels = [
+        line.split("\t")[0] for line in (mini / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    ]
+    summary = (dev_outs[1] / "summary.md").read_text()
+    assert (
+        f"- WARNING WikiQAReranking: {kept} queries scored, {len(answers) - kept} dropped "
+        f"({len(answers) - kept} without a positive candidate)"
+    ) in summary
+    assert f"- SciFact: {len(set(qrels))} queries scored, 0 dropped" in summary
+    assert "- STSBenchmark.dev: 100 pairs scored, 0 dropped" in summary
 
 
 def test_length_analysis_ranks_and_files(tiny_run, mini, cache_dir, tmp_path):

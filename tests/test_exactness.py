@@ -5,6 +5,9 @@ Steps 1-3 of its plan cover both loss modes: retrieval (in-batch, gathered acros
 classification (labels as documents, own negatives only).
 """
 
+import json
+
+import numpy as np
 import pytest
 from conftest import TINY, read_metrics, rel_diff, sfr_ds, torchrun_worker
 
@@ -59,6 +62,52 @@ def test_gradients_are_not_trivially_equal(grads):
     g1, g2 = grads["w1"][1], grads["w1"][2]
     assert sum(float(v.abs().sum()) for v in g1.values()) > 1e-3
     assert rel_diff(g1, g2) > 1e-2
+
+
+MATRYOSHKA = ("loss.matryoshka_dims=[64,16,4]", "loss.matryoshka_weights=[1,0.5,0.25]")
+
+
+@pytest.fixture(scope="module")
+def matryoshka(tmp_path_factory):
+    """The same three runs with the loss summed over 64-, 16- and 4-dim prefixes."""
+    d = tmp_path_factory.mktemp("matryoshka")
+    runs = [("w1", 1, ()), ("w2", 2, ()), ("w2_plain", 2, ("gradcache.enabled=false",))]
+    return {
+        "dirs": d,
+        **{
+            name: torchrun_worker(
+                n, d / f"{name}.pt", STEPS, *MATRYOSHKA, *extra, f"run.output_dir={d / name}"
+            )
+            for name, n, extra in runs
+        },
+    }
+
+
+def test_matryoshka_is_exact_across_ranks_and_under_gradcache(matryoshka, grads):
+    for step in (1, 2, 3):
+        w1, w2, plain = (matryoshka[k][step] for k in ("w1", "w2", "w2_plain"))
+        assert rel_diff(w1, w2) <= REL, f"step {step}: 1 vs 2 ranks {rel_diff(w1, w2):.2e}"
+        assert rel_diff(plain, w2) <= REL, f"step {step}: GradCache vs plain {rel_diff(plain, w2):.2e}"
+    # and the prefixes' terms are really in the gradient
+    assert rel_diff(grads["w1"][1], matryoshka["w1"][1]) > 1e-2
+
+
+def test_matryoshka_run_merges_into_a_folder_that_records_its_widths(matryoshka, tmp_path):
+    """The merged folder names the trained widths, and sentence-transformers' truncate_dim gives
+    the first 16 dimensions of sfr-ds's own embeddings."""
+    from sentence_transformers import SentenceTransformer
+
+    from sfr_ds.encode import TextEncoder
+
+    run = matryoshka["dirs"] / "w2"
+    sfr_ds("merge", run, "--out", tmp_path / "merged")
+    st_config = json.loads((tmp_path / "merged" / "config_sentence_transformers.json").read_text())
+    assert st_config["matryoshka_dims"] == [64, 16, 4]
+    assert json.loads((tmp_path / "merged" / "sfr_ds.json").read_text())["matryoshka_dims"] == [64, 16, 4]
+    docs = ["a first document about proteins", "the second one, longer, about cells and membranes"]
+    ours = TextEncoder.from_run(run, device="cpu").encode_documents(docs)
+    st = SentenceTransformer(str(tmp_path / "merged"), device="cpu", truncate_dim=16)
+    np.testing.assert_allclose(st.encode_document(docs), ours[:, :16], atol=1e-5)
 
 
 def test_cli_one_and_two_ranks_log_the_same_steps(tmp_path):

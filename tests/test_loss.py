@@ -145,3 +145,66 @@ def test_gather_with_grad_equals_single_process():
     for p in procs:
         p.join(60)
     assert np.abs(got - w.grad.numpy()).max() < 1e-6 * max(1.0, np.abs(w.grad.numpy()).max())
+
+
+# ----------------------------------------------------------------------------- Matryoshka
+
+
+def _matryoshka_case(seed=0, n=5, m=9, d=12):
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    docs = F.normalize(torch.randn(m, d, generator=g), dim=-1)
+    positive = torch.tensor([0, 2, 4, 6, 8][:n])
+    allowed = torch.rand(n, m, generator=g) > 0.3
+    allowed[torch.arange(n), positive] = True
+    return q, docs, positive, allowed
+
+
+def test_matryoshka_with_the_full_width_alone_is_todays_loss_exactly():
+    q, docs, positive, allowed = _matryoshka_case()
+    q.requires_grad_(True)
+    plain = InfoNCE(0.05)(q, docs, positive, allowed)
+    (g_plain,) = torch.autograd.grad(plain, q)
+    full = InfoNCE(0.05, dims=[12])(q, docs, positive, allowed)
+    (g_full,) = torch.autograd.grad(full, q)
+    assert torch.equal(plain, full) and torch.equal(g_plain, g_full)
+
+
+def test_matryoshka_sums_the_loss_of_each_renormalised_prefix():
+    """Against the loop reference on prefixes cut and renormalised in numpy."""
+    q, docs, positive, allowed = _matryoshka_case(seed=1)
+    dims, weights = [12, 6, 3], [1.0, 0.5, 2.0]
+
+    def cut(x, d):
+        x = x.numpy()[:, :d].astype(np.float64)
+        return torch.from_numpy(x / np.linalg.norm(x, axis=1, keepdims=True))
+
+    want = sum(
+        w * reference_loss(cut(q, d), cut(docs, d), positive, allowed.numpy(), 0.05)
+        for d, w in zip(dims, weights)
+    )
+    got = InfoNCE(0.05, dims=dims, weights=weights)(q, docs, positive, allowed)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert float(got) != pytest.approx(float(InfoNCE(0.05)(q, docs, positive, allowed)), rel=1e-2)
+    # without normalisation (dot-product models) the prefixes are used as they are
+    raw = InfoNCE(0.05, dims=[6], normalize=False)(q, docs, positive, allowed)
+    want_raw = reference_loss(q[:, :6], docs[:, :6], positive, allowed.numpy(), 0.05)
+    assert float(raw) == pytest.approx(want_raw, rel=1e-5)
+
+
+def test_matryoshka_row_blocks_add_up_to_the_whole_loss():
+    """GradCache's loss stage runs a block of query rows at a time: the shares must add up."""
+    q, docs, positive, allowed = _matryoshka_case(seed=2)
+    loss = InfoNCE(0.05, dims=[12, 4])
+    blocks = loss.by_rows(positive, allowed)
+    total = sum(blocks(q[r], docs, r) for r in (slice(0, 2), slice(2, 5)))
+    assert float(total) == pytest.approx(float(loss(q, docs, positive, allowed)), rel=1e-6)
+
+
+def test_matryoshka_dims_wider_than_the_model_are_refused():
+    from sfr_ds.config import ConfigError, LossConfig
+    from sfr_ds.loss import check_matryoshka_dims
+
+    check_matryoshka_dims(LossConfig(matryoshka_dims=[64, 32]), 64)
+    with pytest.raises(ConfigError, match=r"\[128\] exceed the model's embedding width \(64\)"):
+        check_matryoshka_dims(LossConfig(matryoshka_dims=[128, 32]), 64)

@@ -52,6 +52,19 @@ def _clean_errors() -> Iterator[None]:
         raise click.ClickException(str(e)) from None
 
 
+def _require_extra(*modules: str) -> None:
+    """The eval extra's packages, installed; else how to install them (not a traceback). Found,
+    not imported: importing mteb takes seconds, and a user's mistake should be told at once."""
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise click.ClickException(
+                f"sfr-ds eval needs {module}, which is not installed: "
+                f"pip install 'sfr-ds[eval]' (mteb, sentence-transformers, matplotlib)"
+            )
+
+
 _INSTRUCTIONS = (
     "Instructions on queries and symmetric tasks. Default by model kind: on for sfr-ds runs and "
     "decoders, off for BERT-like encoders."
@@ -97,6 +110,12 @@ def _spec(source: str, model: dict):
 @options.folder("--data-root", "Data folder of a local suite (default $SFR_DS_DATA).", exists=True)
 @options.folder("--output-dir", "Default: RUN/eval for a local model folder, else ./eval/NAME.")
 @_model_options
+@click.option(
+    "--dims",
+    callback=lambda ctx, param, value: _dims(value),
+    help="Also score every task at these leading dimensions (Matryoshka), from the same encoding, "
+    "e.g. --dims 1024,256.",
+)
 @click.option("--slurm", is_flag=True, help="Submit a Slurm job array and return at once.")
 @options.count("--tasks-per-job", 1, "Tasks per array element.")
 @options.repeated(
@@ -115,10 +134,12 @@ def run(
     sbatch_values,
     max_parallel,
     progress,
+    dims,
     **model_options,
 ):
     """Evaluate MODEL (a run directory, an adapter folder, a merged or any HF model, builtin:NAME)."""
-    from sfr_ds.eval.runner import default_out, prepare, task_indices
+    _require_extra("mteb")
+    from sfr_ds.eval.runner import data_lines, default_out, prepare, task_indices
     from sfr_ds.eval.slurm import check_script_path
     from sfr_ds.eval.suite import requested_entries
 
@@ -131,12 +152,29 @@ def run(
         if slurm:
             check_script_path(out)
         # a Slurm submit reads each file's first row only; its elements read the rest
-        manifest = prepare(out, spec, entries, model_options["cache_dir"], read_all=not slurm)
+        manifest = prepare(out, spec, entries, model_options["cache_dir"], read_all=not slurm, dims=dims)
         indices = task_indices(manifest, entries)
+        for line in data_lines(entries):
+            click.echo(f"[sfr-ds eval] {line}", err=line.startswith("WARNING"))
     if slurm:
         _submit(out, indices, tasks_per_job, sbatch_values, max_parallel)
     else:
         _evaluate(out, indices, progress)
+
+
+def _dims(value: str | None) -> list[int]:
+    """--dims 1024,256 -> [1024, 256]; anything but whole numbers >= 1 is a usage error."""
+    if not value:
+        return []
+    try:
+        dims = [int(d) for d in value.split(",") if d.strip()]
+    except ValueError:
+        dims = []
+    if not dims or min(dims) < 1:
+        raise click.BadParameter(
+            f"{value!r}: give widths as whole numbers >= 1, e.g. 1024,256", param_hint="--dims"
+        )
+    return dims
 
 
 def _submit(out: Path, indices: list[int], per_job: int, sbatch_values, max_parallel) -> None:
@@ -162,6 +200,7 @@ def _evaluate(out: Path, indices: list[int], progress: bool) -> None:
 @click.option("--element", type=click.IntRange(min=0), required=True)
 def worker(out, element):
     """One Slurm array element: the tasks of manifest element N."""
+    _require_extra("mteb")
     from sfr_ds.eval.slurm import run_element
 
     with _clean_errors():
@@ -216,7 +255,7 @@ def resubmit(out, names, sbatch_values):
 def compare(evals, output, overwrite):
     """Models side by side (evaluation folders or model paths), with deltas against the first."""
     from sfr_ds.eval.runner import find_eval
-    from sfr_ds.eval.suite import check_table_output, read_scores
+    from sfr_ds.eval.suite import check_table_output, labels, read_scores, width_table
     from sfr_ds.eval.suite import compare as compare_table
     from sfr_ds.io import atomic_write
 
@@ -224,7 +263,10 @@ def compare(evals, output, overwrite):
         folders = [find_eval(e) for e in evals]
         if output:
             check_table_output(Path(output), list(evals), folders, overwrite)
-        text = compare_table([read_scores(folder) for folder in folders])
+        scores = [read_scores(folder) for folder in folders]
+        text = compare_table(scores)
+        if narrower := width_table(folders, labels(scores)):
+            text += "\n## By embedding width (Matryoshka)\n\n" + narrower + "\n"
     if output:
         atomic_write(output, text)
     click.echo(text)
@@ -246,6 +288,7 @@ def lengths(model_a, model_b, task_spec, output_dir, overwrite, **model_options)
 
     Model options apply to both models; each model's kind decides what is left unset.
     """
+    _require_extra("mteb", "matplotlib")
     from sfr_ds.eval.length_analysis import analyse
 
     with _clean_errors():

@@ -4,7 +4,8 @@ mteb hands ``encode`` a DataLoader of its own batches; we gather the texts and g
 ``TextEncoder.encode`` in one call, which sorts them by length into batches (little padding) and
 restores the order. Queries (``prompt_type == query``) and symmetric tasks (``None``: STS,
 classification, clustering) read ``Instruct: {instruction}\\nQuery: {text}`` through the same
-``format_query`` as training; documents read their text alone.
+``format_query`` as training; documents read their text alone. With ``dim`` the encoder hands
+mteb the first ``dim`` dimensions (Matryoshka; mteb scores by cosine, so no renormalising).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class MtebEncoder(AbsEncoder):
         revision: str,
         cache: EmbeddingCache | None,
         progress: bool = True,
+        dim: int | None = None,
     ):
-        self.model, self.cache, self.progress = model, cache, progress
+        self.model, self.cache, self.progress, self.dim = model, cache, progress, dim
         self.mteb_model_meta = ModelMeta.create_empty(
             overwrites=dict(
                 name=name,
@@ -54,9 +56,12 @@ class MtebEncoder(AbsEncoder):
         def encode(new: list[str]) -> np.ndarray:
             return self.model.encoder.encode(new, max_len, progress=self.progress)
 
-        if self.cache is None:
-            return encode(formatted)
-        return self.cache.get_or_encode(task, split, formatted, max_len, encode)
+        emb = (
+            encode(formatted)
+            if self.cache is None
+            else self.cache.get_or_encode(task, split, formatted, max_len, encode)
+        )
+        return emb[:, : self.dim] if self.dim else emb
 
     def encode(
         self,

@@ -268,5 +268,6 @@ def load_model(spec: ModelSpec, device: str | None = None) -> LoadedModel:
         "append_eos": encoder.settings.append_eos,
         "query_max_len": encoder.settings.query_max_len,
         "doc_max_len": encoder.settings.doc_max_len,
+        "embedding_dim": int(encoder.embedder.backbone.config.hidden_size),
     }
     return LoadedModel(encoder, instructions, settings)

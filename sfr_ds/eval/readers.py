@@ -2,7 +2,9 @@
 
 Evaluating a task and checking it before any work run the same reader; ``head`` reads only each
 file's first row (a Slurm submission on a login node checks the files' shape and leaves the whole
-read to the array element).
+read to the array element). A reader given a ``Tally`` counts what it keeps and what it drops and
+why (BEIR queries whose id is in no file but the qrels, SemEval pairs without a gold score,
+reranking queries without a positive), so the user sees how much of their data was scored.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +29,28 @@ T = TypeVar("T")
 # (an error names file:line and the field). Evaluating a task and checking it before any work run
 # the same reader; ``head`` reads only each file's first row (a Slurm submit on a login node checks
 # the files' shape and leaves the whole read to the array element).
+
+
+@dataclass
+class Tally:
+    """How much of a task's data is scored, and what was dropped, by reason."""
+
+    unit: str = "rows"  # queries, pairs, texts
+    scored: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # kept, but worth a look
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def line(self, task: str) -> str:
+        total = sum(self.dropped.values())
+        why = "; ".join(f"{n} {reason}" for reason, n in self.dropped.items())
+        return f"{task}: {self.scored} {self.unit} scored, {total} dropped" + (f" ({why})" if why else "")
+
+    def to_json(self) -> dict:
+        return {"unit": self.unit, "scored": self.scored, "dropped": self.dropped, "warnings": self.warnings}
 
 
 @dataclass
@@ -136,10 +160,16 @@ def _qrels_rows(path: Path) -> Iterator[tuple[str, str, int]]:
             continue
         if len(row) < 3:
             raise TaskSpecError(f"{where}: expected query-id<TAB>corpus-id<TAB>score, got {row!r}"[:200])
-        yield row[0], row[1], int(_number(where, row[2], "score"))
+        grade = _number(where, row[2], "score")
+        if grade < 0 or grade != int(grade):
+            raise TaskSpecError(
+                f"{where}: field 'score' is {row[2]!r}; a relevance grade is a whole number >= 0 "
+                "(0 = not relevant)"
+            )
+        yield row[0], row[1], int(grade)
 
 
-def read_retrieval(local: LocalSpec, head: bool = False) -> Ranking:
+def read_retrieval(local: LocalSpec, head: bool = False, tally: Tally | None = None) -> Ranking:
     """A BEIR folder: every query of qrels/SPLIT.tsv that queries.jsonl holds, over the corpus."""
     folder = local.path
     if not folder.is_dir():
@@ -160,9 +190,20 @@ def read_retrieval(local: LocalSpec, head: bool = False) -> Ranking:
     for qid, did, score in _read(qrels_file, _qrels_rows(qrels_file), head):
         relevant.setdefault(qid, {})[did] = score
     if not head:
+        unknown = [q for q in relevant if q not in queries]
         relevant = {q: docs for q, docs in relevant.items() if q in queries}
         if not relevant:
-            raise TaskSpecError(f"{qrels_file}: none of its query ids is in {queries_file}")
+            raise TaskSpecError(
+                f"{qrels_file}: none of its query ids ({len(unknown)}, e.g. {unknown[0]!r}) is in "
+                f"{queries_file}"
+            )
+        if tally is not None:
+            tally.unit, tally.scored = "queries", len(relevant)
+            tally.drop(f"with an id of {qrels_file.name} not in {queries_file.name}", len(unknown))
+            if missing := sum(d not in corpus for docs in relevant.values() for d in docs):
+                tally.warnings.append(
+                    f"{missing} relevant document ids of {qrels_file.name} are not in corpus.jsonl"
+                )
     return Ranking(corpus, queries, relevant)
 
 
@@ -182,7 +223,7 @@ def _reranking_tsv(path: Path) -> Iterator[tuple[str, list[str], list[str]]]:
         yield row[0].strip(), candidate if label == "1" else [], [] if label == "1" else candidate
 
 
-def read_reranking(local: LocalSpec, head: bool = False) -> Ranking:
+def read_reranking(local: LocalSpec, head: bool = False, tally: Tally | None = None) -> Ranking:
     """Each query ranks only its own candidates (mteb's top_ranked); queries with no positive are
     dropped, as nothing can be found for them."""
     path = local.path
@@ -203,6 +244,9 @@ def read_reranking(local: LocalSpec, head: bool = False) -> Ranking:
             data.relevant[qid] = dict.fromkeys(ids[: len(pos)], 1)
     if not head and not data.queries:
         raise TaskSpecError(f"{path}: no query has a positive candidate")
+    if tally is not None:
+        tally.unit, tally.scored = "queries", len(data.queries)
+        tally.drop("without a positive candidate", len(groups) - len(data.queries))
     return data
 
 
@@ -223,10 +267,112 @@ def _sts_tsv(path: Path) -> Iterator[tuple[str, str, float]]:
         yield row[5].strip(), row[6].strip(), _number(where, row[4], "score")
 
 
-def read_sts(local: LocalSpec, head: bool = False) -> list[tuple[str, str, float]]:
-    """(sentence1, sentence2, score) pairs."""
+def _semeval_pairs(inputs: Path, gold: Path, tally: Tally | None) -> Iterator[tuple[str, str, float]]:
+    """SemEval STS 2012-2016: line i of STS.input.X.txt (sentence1<TAB>sentence2[<TAB>sources])
+    is scored by line i of STS.gs.X.txt; a blank gold line is a pair the organisers did not score."""
+    scores = [(where, "\t".join(cells).strip()) for where, cells in _lines(gold)]
+    rows = list(_lines(inputs))
+    if len(rows) != len(scores):
+        raise TaskSpecError(
+            f"{inputs}: {len(rows)} lines, but {gold} has {len(scores)}; they pair line by line"
+        )
+    for (where, cells), (gold_at, score) in zip(rows, scores):
+        if not score:
+            if tally is not None:
+                tally.drop(f"without a gold score in {gold.name}")
+            continue
+        if len(cells) < 2:
+            raise TaskSpecError(f"{where}: expected sentence1<TAB>sentence2, got {len(cells)} column(s)")
+        yield cells[0].strip(), cells[1].strip(), _number(gold_at, score, "score")
+
+
+def _lines(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(``file:line``, tab-separated cells) of every line, blank ones included (SemEval files are
+    read line by line, not as CSV: their sentences hold unbalanced quotes)."""
+    with _reading(path), open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TaskSpecError(f"{path}:{n}: not UTF-8 (byte {e.start} of the line)") from None
+            yield f"{path}:{n}", line.rstrip("\n").rstrip("\r").split("\t")
+
+
+def _semeval_files(local: LocalSpec) -> list[tuple[Path, Path]]:
+    """(STS.input.X.txt, STS.gs.X.txt) pairs of a SemEval year folder, or of the file given."""
     path = local.path
-    return _read(path, _sts_jsonl(path) if path.suffix.lower() == ".jsonl" else _sts_tsv(path), head)
+    inputs = sorted(path.glob("STS.input.*.txt")) if path.is_dir() else [path]
+    if not path.is_dir() and path.name.startswith("STS.gs."):
+        inputs = [path.with_name(path.name.replace("STS.gs.", "STS.input.", 1))]
+    pairs = []
+    for i in inputs:
+        gold = i.with_name(i.name.replace("STS.input.", "STS.gs.", 1))
+        if not gold.is_file():
+            raise TaskSpecError(f"{i}: no gold scores beside it ({gold.name} does not exist)")
+        pairs.append((i, gold))
+    return pairs
+
+
+SICK_COLUMNS = ("sentence_A", "sentence_B", "relatedness_score")
+
+
+def _sick_rows(path: Path, split: str | None) -> Iterator[tuple[str, str, float]]:
+    """SICK's tab-separated files (SICK.txt, SICK_train.txt, SICK_test_annotated.txt ...): the
+    pair and its relatedness score (SICK-R); with ``split``, only rows of that SemEval_set."""
+    rows = _lines(path)
+    where, header = next(rows, ("", None))
+    if header is None:
+        return
+    if missing := [c for c in SICK_COLUMNS if c not in header]:
+        raise TaskSpecError(f"{where}: a SICK file's header names {list(SICK_COLUMNS)}; it lacks {missing}")
+    if split is not None and "SemEval_set" not in header:
+        raise TaskSpecError(f"{where}: ?split={split} needs the SemEval_set column (SICK.txt has it)")
+    a, b, score = (header.index(c) for c in SICK_COLUMNS)
+    part = header.index("SemEval_set") if split is not None else None
+    for where, cells in rows:
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) < len(header):
+            raise TaskSpecError(f"{where}: {len(cells)} column(s), but the header has {len(header)}")
+        if part is None or cells[part].strip().lower() == split.lower():
+            yield cells[a].strip(), cells[b].strip(), _number(where, cells[score], "relatedness_score")
+
+
+def _sts_format(local: LocalSpec) -> str:
+    """semeval | sick | jsonl | stsb, from the path's name (or a folder's files)."""
+    path = local.path
+    if path.is_dir():
+        if any(path.glob("STS.input.*.txt")):
+            return "semeval"
+        raise TaskSpecError(
+            f"{local.spec()}: sts reads a file (STS-B .csv/.tsv, .jsonl, SICK*.txt) or a SemEval STS "
+            f"folder of STS.input.*.txt + STS.gs.*.txt; {path} is a folder with none of them"
+        )
+    if path.name.startswith(("STS.input.", "STS.gs.")):
+        return "semeval"
+    if path.name.upper().startswith("SICK"):
+        return "sick"
+    return "jsonl" if path.suffix.lower() == ".jsonl" else "stsb"
+
+
+def read_sts(
+    local: LocalSpec, head: bool = False, tally: Tally | None = None
+) -> list[tuple[str, str, float]]:
+    """(sentence1, sentence2, score) pairs: STS-B, JSONL, SemEval STS 2012-2016 or SICK-R."""
+    fmt, path = _sts_format(local), local.path
+    if fmt == "semeval":
+        pairs = []
+        for inputs, gold in _semeval_files(local):
+            pairs += _read(inputs, _semeval_pairs(inputs, gold, tally), head)
+    elif fmt == "sick":
+        pairs = _read(
+            path, _sick_rows(path, local.options.get("split") if "split" in local.options else None), head
+        )
+    else:
+        pairs = _read(path, _sts_jsonl(path) if fmt == "jsonl" else _sts_tsv(path), head)
+    if tally is not None:
+        tally.unit, tally.scored = "pairs", len(pairs)
+    return pairs
 
 
 def _labelled_rows(path: Path, text: str, label: str) -> Iterator[tuple[str, str]]:
@@ -269,7 +415,9 @@ def read_labelled(local: LocalSpec, split: str, head: bool = False) -> tuple[lis
     return [text for text, _ in pairs], [label for _, label in pairs]
 
 
-def read_classification(local: LocalSpec, head: bool = False) -> dict[str, tuple[list[str], list[str]]]:
+def read_classification(
+    local: LocalSpec, head: bool = False, tally: Tally | None = None
+) -> dict[str, tuple[list[str], list[str]]]:
     """split -> (texts, labels), for ``train`` and the evaluated split."""
     parts = {
         "train": read_labelled(local, "train", head),
@@ -279,11 +427,18 @@ def read_classification(local: LocalSpec, head: bool = False) -> dict[str, tuple
         raise TaskSpecError(
             f"{_labelled_file(local, 'train')}: one label only; a classifier needs at least two"
         )
+    if tally is not None:
+        tally.unit, tally.scored = "texts", len(parts[local.split][0])
     return parts
 
 
-def read_clustering(local: LocalSpec, head: bool = False) -> tuple[list[str], list[str]]:
-    return read_labelled(local, local.split, head)
+def read_clustering(
+    local: LocalSpec, head: bool = False, tally: Tally | None = None
+) -> tuple[list[str], list[str]]:
+    texts, labels = read_labelled(local, local.split, head)
+    if tally is not None:
+        tally.unit, tally.scored = "texts", len(texts)
+    return texts, labels
 
 
 READERS = {
@@ -295,9 +450,13 @@ READERS = {
 }
 
 
-def check_data(spec: str, head: bool = False) -> None:
+def check_data(spec: str, head: bool = False) -> Tally | None:
     """Read a local task's files as evaluating it will (``head``: only each file's first row), so a
-    missing, empty or malformed file stops the command before any work; MTEB names pass."""
+    missing, empty or malformed file stops the command before any work; MTEB names pass (None).
+    The tally says how much will be scored (after a whole read only)."""
     local = parse_local(spec)
-    if local is not None:
-        READERS[local.kind](local, head)
+    if local is None:
+        return None
+    tally = Tally()
+    READERS[local.kind](local, head, tally)
+    return None if head else tally

@@ -1,7 +1,9 @@
 """One evaluation folder: its manifest, running its tasks, and what each task's state is.
 
-``OUT/eval.json`` (the manifest) names the model and the tasks; mteb writes each task's scores
-to ``OUT/results/<model>/<revision>/<Task>.json`` in its own format; ``OUT/status/<Task>.json``
+``OUT/eval.json`` (the manifest) names the model, the tasks and any truncated widths (``dims``,
+Matryoshka); mteb writes each task's scores to ``OUT/results/<model>/<revision>/<Task>.json`` in
+its own format (``<model>-d<dim>`` for the first ``dim`` dimensions, scored from the same cached
+embeddings); ``OUT/status/<Task>.json``
 says whether a task is submitted, running, done or failed (with the error). A local run and a
 Slurm array element run the same ``run_tasks``, so the two paths cannot drift apart. Only
 ``run_tasks`` imports torch or mteb: reading a folder's state stays light for a login node.
@@ -21,7 +23,7 @@ from typing import Any
 
 from ..io import atomic_write_json
 from .models import ModelSpec, check_model, fingerprint, label, owner
-from .readers import check_data
+from .readers import Tally, check_data
 from .specs import TaskEntry
 
 MANIFEST = "eval.json"
@@ -78,14 +80,14 @@ class Manifest:
     tasks: list[TaskEntry]
     cache_dir: str
     elements: list[list[int]] = field(default_factory=list)  # Slurm array element -> task indices
+    dims: list[int] = field(default_factory=list)  # widths also scored (Matryoshka), widest first
 
-    @property
-    def mteb_name(self) -> str:
-        return f"sfr-ds/{self.label}"
+    def mteb_name(self, dim: int | None = None) -> str:
+        return f"sfr-ds/{self.label}" + (f"-d{dim}" if dim else "")
 
-    def result_path(self, out: Path, task: str) -> Path:
-        """Where mteb's ResultCache(out) writes the task's scores."""
-        return out / "results" / self.mteb_name.replace("/", "__") / self.revision / f"{task}.json"
+    def result_path(self, out: Path, task: str, dim: int | None = None) -> Path:
+        """Where mteb's ResultCache(out) writes the task's scores (at the first ``dim`` dimensions)."""
+        return out / "results" / self.mteb_name(dim).replace("/", "__") / self.revision / f"{task}.json"
 
     def index(self, name: str) -> int:
         names = [t.name for t in self.tasks]
@@ -101,6 +103,7 @@ class Manifest:
             "cache_dir": self.cache_dir,
             "tasks": [t.to_json() for t in self.tasks],
             "elements": self.elements,
+            "dims": self.dims,
         }
         atomic_write_json(out / MANIFEST, data)
 
@@ -118,24 +121,32 @@ class Manifest:
                 [TaskEntry(**t) for t in data["tasks"]],
                 data["cache_dir"],
                 data["elements"],
+                [int(d) for d in data.get("dims", [])],
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise EvalFolderError(f"{path}: not an sfr-ds manifest ({type(e).__name__}: {e})") from None
 
 
 def prepare(
-    out: Path, spec: ModelSpec, entries: list[TaskEntry], cache_dir: str | None = None, read_all: bool = True
+    out: Path,
+    spec: ModelSpec,
+    entries: list[TaskEntry],
+    cache_dir: str | None = None,
+    read_all: bool = True,
+    dims: list[int] | None = None,
 ) -> Manifest:
     """Create or extend the folder's manifest; the folder belongs to one model. The model and every
     local task's data are checked first (``read_all=False``: each file's first row only, for a
-    Slurm submit), so a user's mistake stops here, before the folder exists."""
+    Slurm submit), so a user's mistake stops here, before the folder exists. ``dims`` add widths
+    at which every task is also scored."""
     spec = spec.normalized()
     names = [e.name for e in entries]
     if dups := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"two specs name the same task {dups}; give one a different ?name=")
     check_model(spec.source)
     for entry in entries:
-        check_data(entry.spec, head=not read_all)
+        tally = check_data(entry.spec, head=not read_all)
+        entry.data = tally.to_json() if tally is not None else None
     _check_out(out)
     manifest = Manifest(
         spec, label(spec), fingerprint(spec), [], str(Path(cache_dir or default_cache_dir()).resolve())
@@ -147,7 +158,8 @@ def prepare(
                 f"{out} holds an evaluation of {old.model.source} with other settings "
                 f"({old.model}); choose another --output-dir"
             )
-        manifest.tasks, manifest.elements = old.tasks, old.elements
+        manifest.tasks, manifest.elements, manifest.dims = old.tasks, old.elements, old.dims
+    manifest.dims = sorted({*manifest.dims, *(dims or [])}, reverse=True)
     known = {t.name: i for i, t in enumerate(manifest.tasks)}
     for entry in entries:
         if entry.name in known:
@@ -174,6 +186,19 @@ def _same_model(old: Manifest, new: Manifest) -> bool:
         return True
     moved = dataclasses.replace(old.model, source=new.model.source)
     return moved.identity() == new.model.identity() and old.revision == new.revision
+
+
+def data_lines(entries: list[TaskEntry]) -> list[str]:
+    """Per local task: how much of its data is scored and what was dropped; warnings first-word
+    WARNING (anything dropped, or worth a look)."""
+    lines = []
+    for entry in entries:
+        if entry.data is None:
+            continue
+        tally = Tally(**entry.data)
+        lines.append(("WARNING " if tally.dropped else "") + tally.line(entry.name))
+        lines += [f"WARNING {entry.name}: {w}" for w in tally.warnings]
+    return lines
 
 
 def task_indices(manifest: Manifest, entries: list[TaskEntry]) -> list[int]:
@@ -212,10 +237,25 @@ def main_score(result_file: Path) -> float:
         raise EvalFolderError(f"{result_file}: not an mteb result ({type(e).__name__}: {e})") from None
 
 
-def is_done(out: Path, manifest: Manifest, task: str) -> bool:
-    """Scores written and no run of it in flight (mteb saves partial results between subsets)."""
+def embedding_width(out: Path) -> int | None:
+    """The evaluated model's embedding width, once a run of the folder has loaded it."""
+    settings = out / "model_settings.json"
+    return read_json(settings).get("embedding_dim") if settings.exists() else None
+
+
+def truncated_dims(out: Path, manifest: Manifest, width: int | None = None) -> list[int]:
+    """The manifest's widths that are a real truncation (narrower than the model's embeddings)."""
+    width = width or embedding_width(out)
+    return [d for d in manifest.dims if width is None or d < width]
+
+
+def is_done(out: Path, manifest: Manifest, task: str, dims: list[int | None] | None = None) -> bool:
+    """Scores written at every width (or at ``dims``; None is the full width) and no run of it in
+    flight (mteb saves partial results between subsets)."""
     status = read_status(out, task)
-    return manifest.result_path(out, task).exists() and (status is None or status["state"] == "done")
+    dims = [None, *truncated_dims(out, manifest)] if dims is None else dims
+    written = all(manifest.result_path(out, task, dim).exists() for dim in dims)
+    return written and (status is None or status["state"] == "done")
 
 
 # ----------------------------------------------------------------------------- running
@@ -244,7 +284,7 @@ def run_tasks(
                 f"{manifest.model.source} changed since {out / MANIFEST} was written; "
                 "run `sfr-ds eval` again to evaluate the new weights"
             )
-        encoder = _encoder(manifest, out, progress)
+        encoders = _encoders(manifest, out, progress)
     except Exception as e:  # recorded for every task, so status names the cause
         for entry in todo:
             _failed(out, entry.name, job, e)
@@ -258,18 +298,23 @@ def run_tasks(
     for entry in todo:
         start = time.time()
         try:
-            mteb.evaluate(
-                encoder,
-                [_task(entry)],
-                cache=mteb.ResultCache(out),
-                co2_tracker=False,
-                overwrite_strategy="only-missing",
-                show_progress_bar=False,
-                encode_kwargs={"batch_size": manifest.model.batch_size, "show_progress_bar": progress},
-            )
-            score = main_score(manifest.result_path(out, entry.name))
+            scores = {}
+            for dim, encoder in encoders.items():  # the full width first: it encodes, the rest read
+                mteb.evaluate(
+                    encoder,
+                    [_task(entry)],
+                    cache=mteb.ResultCache(out),
+                    co2_tracker=False,
+                    overwrite_strategy="only-missing",
+                    show_progress_bar=False,
+                    encode_kwargs={"batch_size": manifest.model.batch_size, "show_progress_bar": progress},
+                )
+                scores[dim] = main_score(manifest.result_path(out, entry.name, dim))
+            score = scores[None]
             write_status(out, entry.name, "done", job=job, score=score, seconds=time.time() - start)
-            print(f"[sfr-ds eval] {entry.name}: {score:.4f} ({time.time() - start:.0f} s)", flush=True)
+            narrower = "".join(f", {d} dims {v:.4f}" for d, v in scores.items() if d)
+            seconds = time.time() - start
+            print(f"[sfr-ds eval] {entry.name}: {score:.4f}{narrower} ({seconds:.0f} s)", flush=True)
         except Exception as e:  # one broken task must not stop the others
             _failed(out, entry.name, job, e)
             failed.append(entry.name)
@@ -296,11 +341,19 @@ def _task(entry: TaskEntry):
     return build_task(entry.spec)
 
 
-def _encoder(manifest: Manifest, out: Path, progress: bool):
+def _encoders(manifest: Manifest, out: Path, progress: bool) -> dict:
+    """The model's mteb encoder at full width (key None) and at each truncated width, all over one
+    loaded model and one embedding cache: every text is encoded once."""
     from .encoder import MtebEncoder
     from .models import load_model
 
     model = load_model(manifest.model)
+    width = model.settings["embedding_dim"]
+    if too_wide := [d for d in manifest.dims if d > width]:
+        raise ValueError(f"--dims {too_wide} exceed the model's embedding width ({width})")
     atomic_write_json(out / "model_settings.json", {"source": manifest.model.source, **model.settings})
     cache = embedding_cache(manifest.model, manifest.cache_dir)
-    return MtebEncoder(model, manifest.mteb_name, manifest.revision, cache, progress)
+    return {
+        dim: MtebEncoder(model, manifest.mteb_name(dim), manifest.revision, cache, progress, dim)
+        for dim in [None, *truncated_dims(out, manifest, width)]
+    }

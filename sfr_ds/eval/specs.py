@@ -107,6 +107,7 @@ class TaskEntry:
     name: str
     type: str  # mteb task type: Retrieval, STS, ...
     group: str  # row of the results table: the suite's group, else the type
+    data: dict | None = None  # local data: how much is scored and what was dropped (readers.Tally)
 
     def to_json(self) -> dict[str, str]:
         return asdict(self)

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import atomic_write, check_output
-from .runner import Manifest, is_done, main_score, read_json, run_tasks
+from .runner import (
+    Manifest,
+    data_lines,
+    embedding_width,
+    is_done,
+    main_score,
+    read_json,
+    run_tasks,
+    truncated_dims,
+)
 from .specs import TaskEntry, describe, split_tasks
 
 SUITES: dict[str, dict[str, list[str]]] = {
@@ -79,17 +88,55 @@ class Scores:
         return sum(self.groups.values()) / len(self.groups) if self.groups else None
 
 
-def read_scores(out: Path) -> Scores:
+def read_scores(out: Path, dim: int | None = None) -> Scores:
+    """The folder's scores, at its model's full width or at the first ``dim`` dimensions (one of
+    the widths it was evaluated at; a width the model does not exceed is its full width)."""
     manifest = Manifest.load(out)
+    width = embedding_width(out)
+    if dim is not None and (width is None or dim < width) and dim not in manifest.dims:
+        evaluated = manifest.dims or "full only"
+        raise ValueError(f"{out} was not evaluated at {dim} dimensions (its widths: {evaluated})")
+    at = dim if dim is not None and (width is None or dim < width) else None
     tasks, by_group, missing = {}, {}, []
     for entry in manifest.tasks:
-        if is_done(out, manifest, entry.name):
-            tasks[entry.name] = 100 * main_score(manifest.result_path(out, entry.name))
+        if is_done(out, manifest, entry.name, [at]):
+            tasks[entry.name] = 100 * main_score(manifest.result_path(out, entry.name, at))
             by_group.setdefault(entry.group, []).append(tasks[entry.name])
         else:
             missing.append(entry.name)
     groups = {g: sum(v) / len(v) for g, v in by_group.items()}
     return Scores(manifest.label, tasks, groups, missing)
+
+
+def widths(out: Path) -> list[int | None]:
+    """The widths a folder was scored at: None (full) and every narrower one of its ``dims``."""
+    return [None, *truncated_dims(out, Manifest.load(out))]
+
+
+def width_table(folders: list[Path], labels: list[str]) -> str:
+    """``by_width`` of evaluation folders, or "" when none was scored at a narrower width."""
+    at = [{d: read_scores(f, d) for d in widths(f)} for f in folders]
+    if all(len(a) == 1 for a in at):
+        return ""
+    return by_width(list(zip(labels, at)), embedding_width(folders[0]))
+
+
+def by_width(scores: list[tuple[str, dict[int | None, Scores]]], full: int | None) -> str:
+    """Matryoshka table: AVG at each width as rows, then each width's share of the full-width AVG
+    (%), one column per model (``scores``: label -> width -> Scores; None is the full width)."""
+    dims = sorted({d for _, at in scores for d in at if d is not None}, reverse=True)
+    full_name = f"AVG full ({full})" if full else "AVG full"
+    rows = [full_name] + [f"AVG {d}" for d in dims] + [f"% of full at {d}" for d in dims]
+    values = []
+    for _, at in scores:
+        top = at[None].avg
+        v = {full_name: top}
+        for d in dims:
+            avg = at[d].avg if d in at else None
+            v[f"AVG {d}"] = avg
+            v[f"% of full at {d}"] = None if avg is None or not top else 100 * avg / top
+        values.append(v)
+    return table(rows, [label for label, _ in scores], values, "Width")
 
 
 def _fmt(x: float | None, signed: bool = False) -> str:
@@ -120,9 +167,9 @@ def _unique(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def compare(scores: list[Scores]) -> str:
+def compare(scores: list[Scores], columns: list[str] | None = None) -> str:
     """The seed's layout: groups and AVG as rows, models as columns, then per-task rows."""
-    columns = _labels(scores)
+    columns = columns or labels(scores)
     groups = _unique([g for s in scores for g in s.groups])
     group_values = [{**s.groups, AVG: s.avg} for s in scores]
     tasks = _unique([t for s in scores for t in s.tasks] + [t for s in scores for t in s.missing])
@@ -143,7 +190,7 @@ def check_table_output(output: Path, inputs: list[str], folders: list[Path], ove
     check_output(output, inputs, overwrite, folders)
 
 
-def _labels(scores: list[Scores]) -> list[str]:
+def labels(scores: list[Scores]) -> list[str]:
     """Column names; repeated labels get a suffix so columns stay distinct."""
     labels = [s.label for s in scores]
     return [f"{lb} ({i + 1})" if labels.count(lb) > 1 else lb for i, lb in enumerate(labels)]
@@ -164,18 +211,21 @@ def write_summary(out: Path) -> Scores:
     if settings_file.exists():
         settings = read_json(settings_file)
         header += ["Model: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
-    atomic_write(out / "summary.md", "\n".join(header) + compare([scores]))
-    atomic_write(
-        out / "summary.json",
-        json.dumps(
-            {
-                "label": scores.label,
-                "tasks": scores.tasks,
-                "groups": scores.groups,
-                AVG: scores.avg,
-                "missing": scores.missing,
-            },
-            indent=2,
-        ),
-    )
+    text = "\n".join(header) + compare([scores])
+    data = {
+        "label": scores.label,
+        "tasks": scores.tasks,
+        "groups": scores.groups,
+        AVG: scores.avg,
+        "missing": scores.missing,
+    }
+    if lines := data_lines(Manifest.load(out).tasks):
+        text += "\n## Data scored\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+    if narrower := [d for d in widths(out) if d is not None]:
+        at = {d: read_scores(out, d) for d in narrower}
+        columns = [f"full ({embedding_width(out)})"] + [f"{d} dims" for d in narrower]
+        text += "\n## By embedding width (Matryoshka)\n\n" + compare([scores, *at.values()], columns)
+        data["dims"] = {str(d): {"tasks": v.tasks, "groups": v.groups, AVG: v.avg} for d, v in at.items()}
+    atomic_write(out / "summary.md", text)
+    atomic_write(out / "summary.json", json.dumps(data, indent=2))
     return scores

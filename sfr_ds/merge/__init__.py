@@ -59,6 +59,7 @@ def __getattr__(name: str):
 
 # what a merged folder keeps of its adapter's sfr_ds.json: how to encode with it
 KEEP = ("pooling", "normalize", "append_eos", "query_max_len", "doc_max_len")
+OPTIONAL = ("matryoshka_dims",)
 
 
 @dataclass
@@ -192,6 +193,7 @@ def merge(
             "merged_from_base": str(base),
             "dtype": dtype,
             **{k: meta[k] for k in KEEP},
+            **{k: meta[k] for k in OPTIONAL if k in meta},
             "query_instruction": instruction,
             "verify": {"max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance},
         },

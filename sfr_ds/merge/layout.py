@@ -92,9 +92,12 @@ def write_sentence_transformers(out: Path, meta: dict, hidden_size: int, instruc
             "include_prompt": True,
         },
     )
+    # the widths a Matryoshka run trained, for whoever picks a truncate_dim (ST reads no such key)
+    matryoshka = {"matryoshka_dims": meta["matryoshka_dims"]} if meta.get("matryoshka_dims") else {}
     atomic_write_json(
         out / "config_sentence_transformers.json",
         {
+            **matryoshka,
             "model_type": "SentenceTransformer",
             "prompts": {"query": format_query("", instruction), "document": ""},
             "default_prompt_name": None,
