@@ -2,6 +2,11 @@
 
 The same ``format_query``, ``tokenize`` (EOS, truncation) and ``Embedder`` (pooling, normalisation)
 as training, so a teacher or an evaluated model sees texts the way the trained model did.
+
+By default texts are encoded as training's GradCache encodes them: packed, longest first, into
+chunks of at most ``max_tokens`` real tokens run through the varlen attention, so nothing is
+computed on padding whatever the mix of lengths. ``max_tokens=None`` runs padded batches of
+``batch_size`` texts instead (sorted by length). Identical texts are encoded once per call.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ModelConfig
-from .data.tokens import format_query, tokenize
+from .data.tokens import format_query, pack_ids, pad_id, pad_ids, token_budget_chunks, token_ids
 from .model import Embedder, load_backbone, load_tokenizer
 from .run_dir import base_model_path, find_model_folder, is_adapter, read_meta
+
+DEFAULT_MAX_TOKENS = 8192  # real tokens per packed chunk: a 7B model's activations fit any GPU
 
 
 @dataclass
@@ -24,7 +31,8 @@ class EncodeSettings:
     append_eos: bool
     query_max_len: int = 128
     doc_max_len: int = 256
-    batch_size: int = 32
+    batch_size: int = 32  # texts per padded batch (max_tokens None)
+    max_tokens: int | None = DEFAULT_MAX_TOKENS  # real tokens per packed chunk; None: padded batches
 
 
 class TextEncoder:
@@ -36,20 +44,31 @@ class TextEncoder:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_model_config(
-        cls, cfg: ModelConfig, query_max_len=128, doc_max_len=256, batch_size=32, device=None
+        cls,
+        cfg: ModelConfig,
+        query_max_len=128,
+        doc_max_len=256,
+        batch_size=32,
+        device=None,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
     ) -> TextEncoder:
         """A plain HF model (no adapter), e.g. ``ModelConfig("builtin:minilm", pooling="mean")``."""
-        embedder = Embedder(load_backbone(cfg), cfg.pooling, cfg.normalize)
+        embedder = Embedder(load_backbone(cfg, packed=max_tokens is not None), cfg.pooling, cfg.normalize)
         return cls(
             embedder,
             load_tokenizer(cfg),
-            EncodeSettings(cfg.appends_eos, query_max_len, doc_max_len, batch_size),
+            EncodeSettings(cfg.appends_eos, query_max_len, doc_max_len, batch_size, max_tokens),
             device,
         )
 
     @classmethod
     def from_run(
-        cls, path: str | Path, batch_size: int = 32, device=None, dtype: str | None = None
+        cls,
+        path: str | Path,
+        batch_size: int = 32,
+        device=None,
+        dtype: str | None = None,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
     ) -> TextEncoder:
         """A run directory or any sfr-ds model folder (its ``final``, an exported adapter, a merged
         model): the base model with the adapter applied, or the folder's own full weights,
@@ -64,32 +83,50 @@ class TextEncoder:
             append_eos=meta["append_eos"],
             dtype=dtype or meta["dtype"],
         )
-        backbone = load_backbone(base)
+        backbone = load_backbone(base, packed=max_tokens is not None)
         if adapter:
             from peft import PeftModel
 
             backbone = PeftModel.from_pretrained(backbone, str(folder))
         tokenizer = load_tokenizer(ModelConfig(name_or_path=str(folder)))
-        settings = EncodeSettings(meta["append_eos"], meta["query_max_len"], meta["doc_max_len"], batch_size)
+        settings = EncodeSettings(
+            meta["append_eos"], meta["query_max_len"], meta["doc_max_len"], batch_size, max_tokens
+        )
         return cls(Embedder(backbone, meta["pooling"], meta["normalize"]), tokenizer, settings, device)
 
     # ------------------------------------------------------------------ encoding
     @torch.no_grad()
     def encode(self, texts: list[str], max_len: int, progress: bool = False) -> np.ndarray:
-        """[len(texts), d] float32; batches of similar length keep padding low."""
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), 0), dtype=np.float32)
-        chunks = []
-        bs = self.settings.batch_size
-        for i in tqdm(range(0, len(texts), bs), disable=not progress, desc="encode", unit="batch"):
-            idx = order[i : i + bs]
-            tok = tokenize(self.tokenizer, [texts[j] for j in idx], max_len, self.settings.append_eos)
-            tok = tok.to(self.device)
-            chunks.append(self.embedder(tok.input_ids, tok.attention_mask).float().cpu().numpy())
-        if chunks:
-            emb = np.concatenate(chunks)
-            out = np.empty_like(emb)
-            out[order] = emb
+        """[len(texts), d] float32 in the order given; identical texts are encoded once."""
+        unique = list(dict.fromkeys(texts))
+        if not unique:
+            return np.zeros((0, 0), dtype=np.float32)
+        ids = token_ids(self.tokenizer, unique, max_len, self.settings.append_eos)
+        emb = self._packed(ids, progress) if self.settings.max_tokens else self._padded(ids, progress)
+        row = {text: i for i, text in enumerate(unique)}
+        return emb[[row[t] for t in texts]]
+
+    def _packed(self, ids: list[list[int]], progress: bool) -> np.ndarray:
+        """Chunks of at most ``max_tokens`` real tokens, longest sequences first, one row each."""
+        chunks = token_budget_chunks([len(x) for x in ids], self.settings.max_tokens)
+        out = None
+        for chunk in tqdm(chunks, disable=not progress, desc="encode", unit="chunk"):
+            packed = pack_ids([ids[i] for i in chunk]).to(self.device)
+            emb = self.embedder(packed.input_ids, segments=packed.segments).float().cpu().numpy()
+            out = np.empty((len(ids), emb.shape[1]), dtype=np.float32) if out is None else out
+            out[chunk] = emb
+        return out
+
+    def _padded(self, ids: list[list[int]], progress: bool) -> np.ndarray:
+        """Batches of ``batch_size`` sequences of similar length, padded to their longest."""
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        size, pad, out = self.settings.batch_size, pad_id(self.tokenizer), None
+        for i in tqdm(range(0, len(ids), size), disable=not progress, desc="encode", unit="batch"):
+            rows = order[i : i + size]
+            tok = pad_ids([ids[j] for j in rows], pad).to(self.device)
+            emb = self.embedder(tok.input_ids, tok.attention_mask).float().cpu().numpy()
+            out = np.empty((len(ids), emb.shape[1]), dtype=np.float32) if out is None else out
+            out[rows] = emb
         return out
 
     def encode_queries(self, queries: list[str], instruction: str, progress: bool = False) -> np.ndarray:

@@ -21,7 +21,7 @@ any device work).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,7 @@ import torch
 from . import dist
 from .config import GradCacheConfig
 from .data.step_inputs import StepInputs
-from .data.tokens import Packed, Tokens, to_device
+from .data.tokens import Packed, Tokens, to_device, token_budget_chunks
 from .loss import RowLoss
 
 # Called with the local loss before any parameter gradient exists; False skips the backward (all
@@ -59,25 +59,6 @@ class RngState:
 class Chunk:
     batch: Tokens | Packed  # what the engine embeds
     rows: torch.Tensor  # [b] int64: which local queries (or documents) these are, in batch order
-
-
-def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices grouped into chunks of at most ``budget`` tokens, longest sequences first.
-
-    Sorting puts sequences of similar length together (even work for the attention kernels, little
-    to pad where attention runs padded) and greedy filling of sorted lengths leaves each chunk
-    short by less than one sequence. A sequence longer than ``budget`` gets a chunk of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    chunks: list[list[int]] = []
-    used = 0
-    for i in order:
-        if not chunks or used + lengths[i] > budget:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(i)
-        used += lengths[i]
-    return chunks
 
 
 @dataclass(frozen=True)

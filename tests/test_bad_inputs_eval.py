@@ -592,3 +592,15 @@ def test_job_script_runs_the_worker_on_its_folder_and_nothing_else(hostile, tmp_
     status = json.loads((out / "status" / "Pairs.json").read_text())
     assert status["state"] == "failed" and status["job"] == "4242_0", status
     assert "changed since" in status["error"] and str(out / MANIFEST) in status["error"]
+
+
+def test_missing_eval_extra_says_how_to_install_it(tmp_path):
+    """Without mteb (hidden from this process), `sfr-ds eval` names the extra, not a traceback."""
+    hide = "import sys; sys.modules['mteb'] = None; from sfr_ds.cli import main; main()"
+    p = run(
+        [sys.executable, "-c", hide, "eval", "run", "builtin:minilm", "--tasks", sts(tmp_path)],
+        env=ENV,
+        check=False,
+    )
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "sfr-ds eval needs mteb, which is not installed: pip install 'sfr-ds[eval]'" in p.stderr

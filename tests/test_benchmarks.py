@@ -83,3 +83,29 @@ def test_host_inputs_benchmark_measures_one_ranks_share():
     )
     assert "one rank's share (16 queries x 8 documents of a 64-query global batch over 4 ranks" in p.stdout
     assert "of its rate alone" in p.stdout
+
+
+def test_encode_benchmark_compares_the_same_outputs(tmp_path):
+    """Packed, padded and sentence-transformers encode the same texts to the same embeddings."""
+    out = tmp_path / "encode.json"
+    p = run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/encode_throughput.py"),
+            "--models",
+            "minilm",
+            "--texts",
+            "12",
+            "--max-tokens",
+            "512",
+            "--batch-size",
+            "4",
+            "--json",
+            str(out),
+        ]
+    )
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"packed", "padded", "st"}
+    assert all(r["texts"] == 12 and r["tokens"] == rows["packed"]["tokens"] > 12 * 20 for r in rows.values())
+    assert rows["padded"]["max_abs_diff"] <= 1e-5 and rows["st"]["max_abs_diff"] <= 1e-5
+    assert "| minilm | st | 12 |" in p.stdout

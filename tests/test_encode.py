@@ -12,15 +12,24 @@ from sfr_ds.encode import TextEncoder
 pytestmark = pytest.mark.integration
 
 
-def test_encoder_from_run_equals_base_plus_adapter_by_hand(tmp_path):
-    """TextEncoder.from_run (batched, length-sorted) against an independent reference: the run's
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    sfr_ds("train", TINY, "optim.max_steps=2", "--output-dir", run)
+    return run
+
+
+@pytest.mark.parametrize("max_tokens", [40, None], ids=["packed", "padded"])
+def test_encoder_from_run_equals_base_plus_adapter_by_hand(max_tokens, tiny_run):
+    """TextEncoder.from_run (packed chunks, or padded length-sorted batches) against an independent
+    reference: the run's
     saved base loaded by transformers, its adapter applied by peft, each text formatted and
     tokenized by hand with EOS appended, the last token's state pooled and normalised."""
     from peft import PeftModel
     from transformers import AutoModel, AutoTokenizer
 
-    sfr_ds("train", TINY, "optim.max_steps=2", "--output-dir", tmp_path)
-    enc = TextEncoder.from_run(tmp_path, batch_size=2, device="cpu")
+    tmp_path = tiny_run
+    enc = TextEncoder.from_run(tmp_path, batch_size=2, device="cpu", max_tokens=max_tokens)
     queries = ["a man eats food", "what is the capital of france and why is it so large", "x"]
     got = enc.encode_queries(queries, "Retrieve passages")
 
@@ -47,9 +56,42 @@ def test_encoder_from_run_equals_base_plus_adapter_by_hand(tmp_path):
 
     base = load_file(tmp_path / "base_model" / "model.safetensors")
     assert not [k for k in base if "lora_" in k or "base_layer" in k]
-    again = TextEncoder.from_run(tmp_path, batch_size=2, device="cpu").encode_queries(
+    again = TextEncoder.from_run(tmp_path, batch_size=2, device="cpu", max_tokens=max_tokens).encode_queries(
         queries, "Retrieve passages"
     )
     np.testing.assert_array_equal(again, got)
     docs = enc.encode_documents(["doc one", "doc two"])
     assert docs.shape == (2, 64) and abs(float((docs**2).sum(1).mean()) - 1) < 1e-5
+
+
+def bundled_texts() -> list[str]:
+    """SciFact abstracts of very different lengths, a duplicate and an empty text."""
+    import json
+
+    from conftest import ROOT
+
+    rows = (ROOT / "sfr_ds/resources/data/eval/scifact/corpus.jsonl").read_text().splitlines()[:24]
+    texts = [json.loads(r)["text"][: 40 + 37 * i] for i, r in enumerate(rows)]
+    return texts + [texts[3], ""]
+
+
+@pytest.mark.parametrize(
+    "model,pooling",
+    [("builtin:minilm", "mean"), ("builtin:smollm2-135m", "last")],
+    ids=["encoder", "decoder"],
+)
+def test_packed_encoding_equals_padded_and_encodes_each_text_once(model, pooling):
+    from sfr_ds.config import ModelConfig
+
+    cfg = ModelConfig(name_or_path=model, pooling=pooling, dtype="fp32")
+    texts = bundled_texts()
+    packed = TextEncoder.from_model_config(cfg, device="cpu", max_tokens=600)
+    padded = TextEncoder.from_model_config(cfg, device="cpu", batch_size=8, max_tokens=None)
+    seen = []
+    packed.embedder.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(len(kwargs["segments"])), with_kwargs=True
+    )
+    got, want = packed.encode(texts, 128), padded.encode(texts, 128)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert sum(seen) == len(texts) - 1 and len(seen) > 2  # the duplicate once; several chunks
+    np.testing.assert_array_equal(got[3], got[-2])

@@ -51,7 +51,9 @@ MINING_EXTRA = ("faiss", "bm25s")  # what `pip install -e ".[mining]"` adds
     "--dataset", "datasets", "Mine only records of this dataset (repeatable); others pass through."
 )
 @options.folder("--cache-dir", "Embedding cache [default: ($SFR_DS_CACHE or ~/.cache/sfr_ds)/embeddings].")
-@options.count("--batch-size", 32, "Texts per forward.")
+@options.count("--max-tokens", 8192, "Real tokens per packed chunk (texts packed longest first).")
+@click.option("--padded", is_flag=True, help="Padded batches of --batch-size texts instead of packed chunks.")
+@options.count("--batch-size", 32, "Texts per padded batch (with --padded).")
 @options.count("--shard-size", 4096, "Texts per cached shard: the unit of work per rank and of resume.")
 @click.option(
     "--pooling",
@@ -86,6 +88,8 @@ def command(
     seed,
     datasets,
     cache_dir,
+    max_tokens,
+    padded,
     batch_size,
     shard_size,
     pooling,
@@ -111,7 +115,15 @@ def command(
         plan = plan_file(input, corpus, options)
         check_teacher(teacher, pooling)
     mine, teachers = _mining_modules()
-    encode = teachers.EncodeOptions(pooling, query_max_len, doc_max_len, dtype, batch_size, query_instruction)
+    encode = teachers.EncodeOptions(
+        pooling,
+        query_max_len,
+        doc_max_len,
+        dtype,
+        batch_size,
+        query_instruction,
+        None if padded else max_tokens,
+    )
     cache = teachers.CacheOptions(_cache_root(cache_dir), shard_size, progress)
     with _one_line():
         teacher_ = teachers.make_teacher(teacher, encode, cache)

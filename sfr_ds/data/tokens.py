@@ -123,8 +123,8 @@ def adds_eos(tokenizer) -> bool:
     return cached
 
 
-def tokenize(tokenizer, texts: list[str], max_len: int, append_eos: bool) -> Tokens:
-    """Tokenize with the tokenizer's special tokens, truncate to ``max_len`` including EOS, pad right."""
+def token_ids(tokenizer, texts: list[str], max_len: int, append_eos: bool) -> list[list[int]]:
+    """Each text's ids with the tokenizer's special tokens, truncated to ``max_len`` including EOS."""
     if append_eos and tokenizer.eos_token_id is None:
         raise ValueError(
             f"{type(tokenizer).__name__} has no EOS token, but last-token pooling "
@@ -138,10 +138,53 @@ def tokenize(tokenizer, texts: list[str], max_len: int, append_eos: bool) -> Tok
     if append_eos:
         eos = tokenizer.eos_token_id
         ids = [(x if x and x[-1] == eos else x + [eos]) for x in ids]
+    return ids
+
+
+def tokenize(tokenizer, texts: list[str], max_len: int, append_eos: bool) -> Tokens:
+    """``token_ids``, right-padded into one batch."""
+    return pad_ids(token_ids(tokenizer, texts, max_len, append_eos), pad_id(tokenizer))
+
+
+def pad_ids(ids: Sequence[Sequence[int]], pad: int) -> Tokens:
+    """Sequences of ids right-padded with ``pad`` to the longest."""
     width = max(len(x) for x in ids)
-    out = torch.full((len(ids), width), pad_id(tokenizer), dtype=torch.long)
+    out = torch.full((len(ids), width), pad, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for i, x in enumerate(ids):
         out[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         mask[i, : len(x)] = 1
     return Tokens(out, mask)
+
+
+def pack_ids(ids: Sequence[Sequence[int]]) -> Packed:
+    """Sequences of ids back to back in one row, as ``Tokens.pack`` makes them from a padded batch."""
+    lengths = torch.tensor([len(x) for x in ids])
+    return Packed(
+        torch.tensor([t for x in ids for t in x], dtype=torch.long).unsqueeze(0),
+        Segments(
+            position_ids=torch.cat([torch.arange(n) for n in lengths.tolist()]).unsqueeze(0),
+            seq_ids=torch.arange(len(ids)).repeat_interleave(lengths),
+            cu_seqlens=F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32),
+            max_len=int(lengths.max()),
+        ),
+    )
+
+
+def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices grouped into chunks of at most ``budget`` tokens, longest sequences first.
+
+    Sorting puts sequences of similar length together (even work for the attention kernels, little
+    to pad where attention runs padded) and greedy filling of sorted lengths leaves each chunk
+    short by less than one sequence. A sequence longer than ``budget`` gets a chunk of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[list[int]] = []
+    used = 0
+    for i in order:
+        if not chunks or used + lengths[i] > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += lengths[i]
+    return chunks

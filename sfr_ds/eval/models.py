@@ -50,14 +50,16 @@ class ModelSpec:
     query_max_len: int | None = None
     doc_max_len: int | None = None
     dtype: str | None = None  # None: bf16 on GPU, fp32 on CPU
-    batch_size: int = 32
+    batch_size: int = 32  # texts per padded batch (max_tokens None)
+    max_tokens: int | None = 8192  # real tokens per packed chunk (encode.DEFAULT_MAX_TOKENS)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """What decides the embeddings: everything but the batch size."""
-        return {k: v for k, v in self.to_json().items() if k != "batch_size"}
+        """What decides the embeddings: everything but how texts are batched (packed and padded
+        batches agree to 1e-5)."""
+        return {k: v for k, v in self.to_json().items() if k not in ("batch_size", "max_tokens")}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelSpec:
@@ -231,7 +233,9 @@ def load_model(spec: ModelSpec, device: str | None = None) -> LoadedModel:
 
     dtype = spec.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
     if kind(spec.source) == "run":
-        encoder = TextEncoder.from_run(spec.source, batch_size=spec.batch_size, device=device, dtype=dtype)
+        encoder = TextEncoder.from_run(
+            spec.source, batch_size=spec.batch_size, device=device, dtype=dtype, max_tokens=spec.max_tokens
+        )
         instructions, st_max = True, None
         if spec.pooling and spec.pooling != encoder.embedder.pooling:
             raise ValueError(
@@ -253,7 +257,9 @@ def load_model(spec: ModelSpec, device: str | None = None) -> LoadedModel:
             normalize=own.get("normalize", True),
             append_eos=own.get("append_eos"),
         )
-        encoder = TextEncoder.from_model_config(cfg, batch_size=spec.batch_size, device=device)
+        encoder = TextEncoder.from_model_config(
+            cfg, batch_size=spec.batch_size, device=device, max_tokens=spec.max_tokens
+        )
     limit = _max_positions(encoder)
     encoder.settings.query_max_len = min(spec.query_max_len or st_max or DEFAULT_MAX_LEN, limit)
     encoder.settings.doc_max_len = min(spec.doc_max_len or st_max or DEFAULT_MAX_LEN, limit)

@@ -181,8 +181,9 @@ class EncodeOptions:
     query_max_len: int | None = None  # default 128
     doc_max_len: int | None = None  # default 256
     dtype: str | None = None  # default bf16 on GPU, fp32 on CPU (bf16 matmuls crawl on most CPUs)
-    batch_size: int = 32
+    batch_size: int = 32  # texts per padded batch (max_tokens None)
     query_instruction: str | None = None
+    max_tokens: int | None = 8192  # real tokens per packed chunk (encode.DEFAULT_MAX_TOKENS)
 
 
 def make_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> Teacher:
@@ -220,7 +221,9 @@ def _hf_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> Dense
     qlen, dlen = options.query_max_len or 128, options.doc_max_len or 256
     model = str(Path(spec).resolve()) if Path(spec).exists() else spec
     identity = EncoderIdentity(model, "", pooling, cfg.normalize, cfg.appends_eos, cfg.dtype, qlen, dlen)
-    load = partial(TextEncoder.from_model_config, cfg, qlen, dlen, options.batch_size)
+    load = partial(
+        TextEncoder.from_model_config, cfg, qlen, dlen, options.batch_size, max_tokens=options.max_tokens
+    )
     return DenseRank(f"{spec} ({pooling} pooling)", identity, load, cache, options.query_instruction)
 
 
@@ -238,5 +241,7 @@ def _self_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> Den
         options.query_max_len or meta["query_max_len"],
         options.doc_max_len or meta["doc_max_len"],
     )
-    load = partial(TextEncoder.from_run, folder, options.batch_size, dtype=dtype)
+    load = partial(
+        TextEncoder.from_run, folder, options.batch_size, dtype=dtype, max_tokens=options.max_tokens
+    )
     return DenseRank(f"self:{folder}", identity, load, cache, options.query_instruction)
