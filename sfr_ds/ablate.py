@@ -11,12 +11,16 @@ its folder is not finished) on bundled records the demo did not train on: the se
 e5-mistral-7b-instruct, a model that already embeds, and a small LM trained from scratch on a few
 hundred records is too unstable for its ablations to be read (docs/ablations.md).
 
+A row may instead be the soup of other rows of its study (``soup: [COLUMN, ...]``: the uniform
+average of their trained adapters, one LoRA adapter made by ``sfr-ds soup``), evaluated like them.
+
 Layout under ``output_dir``::
 
     data/train.jsonl             the training records (``train_input``, else the bundled subsets as
                                  the demo prepares them, less the demo's own with start_from_demo)
     mined/TEACHER_LO-HI_kK.jsonl  one file per mining setting
     rows/SLUG/{train,eval}       one run directory and its evaluation per row
+    soups/STUDY-COLUMN/{model,eval}  a soup row's adapter and its evaluation
     STUDY.md, ablations.md       the tables in the seed's layout (groups and AVG as rows)
 """
 
@@ -32,6 +36,7 @@ import yaml
 from .config import PROJECT_ROOT, ConfigError, build_dataclass, resolve_path
 from .demo import prepare
 from .pipeline import Stage, cli, eval_stage, mine_stage, run_local, train_stage, written
+from .soup import soup_stage
 
 
 @dataclass
@@ -42,6 +47,8 @@ class Variant:
     window: list | None = None  # [lo, hi)
     k: int | None = None  # negatives mined per query
     train: dict = field(default_factory=dict)  # training overrides, dotted keys
+    soup: list = field(default_factory=list)  # columns of the same study: this row is their soup
+    soup_args: list = field(default_factory=list)  # sfr-ds soup options, e.g. [--weights, "2,1,1"]
 
 
 @dataclass
@@ -110,6 +117,8 @@ def load_ablate_config(
         studies[name] = study
     if not studies:
         problems.append("'studies' is empty")
+    for name, study in studies.items():
+        problems += _soup_problems(name, study)
     for where, v in [("baseline", cfg.baseline)] + [
         (f"studies.{n}.rows.{c}", v) for n, s in studies.items() for c, v in s.rows.items()
     ]:
@@ -133,6 +142,25 @@ def load_ablate_config(
     return cfg, studies
 
 
+def _soup_problems(name: str, study: Study) -> list[str]:
+    """A soup row names two or more trained columns of its own study, and changes nothing else."""
+    problems = []
+    for col, v in study.rows.items():
+        if not v.soup:
+            if v.soup_args:
+                problems.append(f"'studies.{name}.rows.{col}.soup_args' without 'soup'")
+            continue
+        where = f"studies.{name}.rows.{col}.soup"
+        trained = [c for c, other in study.rows.items() if not other.soup]
+        if unknown := [c for c in v.soup if c not in trained]:
+            problems.append(f"'{where}' names {unknown}, not trained columns of the study ({trained})")
+        if len(set(v.soup)) < 2:
+            problems.append(f"'{where}' needs two or more columns, got {v.soup}")
+        if v.teacher or v.window or v.k or v.train:
+            problems.append(f"'studies.{name}.rows.{col}': a soup row changes nothing else")
+    return problems
+
+
 def resolve(cfg: AblateConfig, v: Variant) -> Row:
     base = cfg.baseline
     train = {**base.train, **v.train}
@@ -154,14 +182,13 @@ def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dic
     column -> evaluation folder."""
     out = Path(cfg.output_dir)
     baseline = resolve(cfg, Variant())
+    trained = [(study, v) for study in studies.values() for v in study.rows.values() if not v.soup]
     rows = {baseline: None}
-    for study in studies.values():
-        for v in study.rows.values():
-            rows.setdefault(resolve(cfg, v), None)
+    for _, v in trained:
+        rows.setdefault(resolve(cfg, v), None)
     dims: dict[Row, set[int]] = {row: set() for row in rows}  # widths each row is scored at
-    for study in studies.values():
-        for v in study.rows.values():
-            dims[resolve(cfg, v)].update(study.dims)
+    for study, v in trained:
+        dims[resolve(cfg, v)].update(study.dims)
     data = Path(cfg.train_input) if cfg.train_input else out / "data" / "train.jsonl"
     stages, start = [], []
     demo = Path(cfg.start_from_demo) if cfg.start_from_demo else None
@@ -199,11 +226,39 @@ def plan(cfg: AblateConfig, studies: dict[str, Study]) -> tuple[list[Stage], dic
             mined_done.add(mined.name)
             stages.append(_mine(row, data, mined, out))
         stages += _train_and_eval(cfg, row, baseline, mined, start, sorted(dims[row], reverse=True))
-    columns = {
-        name: {col: out / "rows" / resolve(cfg, v).slug(baseline) / "eval" for col, v in study.rows.items()}
-        for name, study in studies.items()
-    }
+    columns: dict[str, dict[str, Path]] = {}
+    for name, study in studies.items():
+        columns[name] = {}
+        for col, v in study.rows.items():
+            if v.soup:
+                soup_stages, folder = _soup_and_eval(cfg, name, col, study, baseline)
+                stages += soup_stages
+            else:
+                folder = out / "rows" / resolve(cfg, v).slug(baseline) / "eval"
+            columns[name][col] = folder
     return stages, columns
+
+
+def _soup_and_eval(
+    cfg: AblateConfig, name: str, col: str, study: Study, baseline: Row
+) -> tuple[list[Stage], Path]:
+    """A soup row: ``sfr-ds soup`` of its columns' trained runs, then its evaluation."""
+    v = study.rows[col]
+    members = [
+        Path(cfg.output_dir) / "rows" / resolve(cfg, study.rows[c]).slug(baseline) / "train" for c in v.soup
+    ]
+    d = Path(cfg.output_dir) / "soups" / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-{col}")
+    return [
+        soup_stage(f"soup {name}: {col}", members, d / "model", *map(str, v.soup_args)),
+        eval_stage(
+            f"evaluate soup {name}: {col}",
+            d / "model",
+            d / "eval",
+            "--no-progress",
+            *map(str, cfg.eval_args),
+            dims=sorted(study.dims, reverse=True),
+        ),
+    ], d / "eval"
 
 
 def _mine(row: Row, data: Path, mined: Path, out: Path) -> Stage:

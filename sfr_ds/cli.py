@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from .commands import ablate, demo, export, merge, mine, prepare, rounds, train
+from .commands import ablate, demo, export, merge, mine, prepare, rounds, soup, train
 from .commands import eval as eval_
 
 COMMANDS = (
@@ -21,6 +21,7 @@ COMMANDS = (
     demo.command,
     ablate.command,
     rounds.command,
+    soup.command,
 )
 
 

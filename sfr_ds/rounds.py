@@ -1,6 +1,8 @@
 """Mining-then-training rounds: per round r, mine -> train -> eval, as dependent Slurm jobs or locally.
 
 Round 1 mines with the configured teacher, round r > 1 with the model of round r - 1 (``self:``).
+With ``soup_last: K`` a round's model is the soup of its run's K newest checkpoints (``sfr-ds soup
+--last K``, one LoRA adapter): that is what is evaluated and what mines the next round.
 Every stage recognises its complete output and is skipped; the pipeline's state (the job of each
 stage) lives in ``<output_dir>/rounds.json``, so running the same command again after any failure
 submits only what is missing, and depends on jobs of earlier stages still queued or running.
@@ -19,6 +21,7 @@ from pathlib import Path
 from . import pipeline
 from .config import PROJECT_ROOT, ConfigError, build_dataclass, resolve_path
 from .pipeline import Job, Stage, eval_stage, mine_stage, train_stage
+from .soup import soup_stage
 
 
 @dataclass
@@ -27,6 +30,7 @@ class SlurmResources:
 
     mine: list = field(default_factory=lambda: ["--ntasks=1", "--gpus-per-task=1", "--time=12:00:00"])
     train: list = field(default_factory=list)  # slurm/train_8xa100.sh carries its own #SBATCH lines
+    soup: list = field(default_factory=lambda: ["--ntasks=1", "--cpus-per-task=4", "--time=1:00:00"])
     eval: list = field(default_factory=lambda: ["--ntasks=1", "--gpus-per-task=1", "--time=12:00:00"])
 
 
@@ -42,6 +46,7 @@ class RoundsConfig:
     train_overrides: list = field(default_factory=list)
     train_script: str = "slurm/train_8xa100.sh"
     eval_args: list = field(default_factory=lambda: ["--suite", "dev"])
+    soup_last: int = 0  # K >= 2: each round's model is the soup of its K newest checkpoints
     slurm: SlurmResources = field(default_factory=SlurmResources)
 
 
@@ -53,6 +58,8 @@ def load_rounds_config(path: str | os.PathLike, overrides: list[str] | None = No
     cfg = build_dataclass(RoundsConfig, data, "", problems)
     if cfg.rounds < 1:
         problems.append("'rounds' must be >= 1")
+    if cfg.soup_last == 1 or cfg.soup_last < 0:
+        problems.append(f"'soup_last' must be 0 (no soup) or >= 2 checkpoints, got {cfg.soup_last}")
     if not cfg.train_input:
         problems.append("'train_input' is empty: give the training records to mine for")
     if problems:
@@ -94,11 +101,17 @@ def stages(cfg: RoundsConfig, nproc: int = 1) -> list[Stage]:
     return [stage for r in range(1, cfg.rounds + 1) for stage in round_stages(cfg, r, nproc)]
 
 
+def round_model(cfg: RoundsConfig, r: int) -> Path:
+    """What round r produces: its run, or the soup of its last checkpoints."""
+    return round_dir(cfg, r) / ("soup" if cfg.soup_last else "train")
+
+
 def round_stages(cfg: RoundsConfig, r: int, nproc: int) -> list[Stage]:
     d = round_dir(cfg, r)
     mined, run = d / "mined.jsonl", d / "train"
-    teacher = cfg.teacher if r == 1 else f"self:{round_dir(cfg, r - 1) / 'train'}"
-    overrides = [f"data.train_files=[{mined}]", *map(str, cfg.train_overrides)]
+    teacher = cfg.teacher if r == 1 else f"self:{round_model(cfg, r - 1)}"
+    keep = [f"run.keep_checkpoints={cfg.soup_last}"] if cfg.soup_last else []  # the user's may raise it
+    overrides = [f"data.train_files=[{mined}]", *keep, *map(str, cfg.train_overrides)]
     mine = mine_stage(
         f"round {r} mine",
         cfg.train_input,
@@ -109,12 +122,21 @@ def round_stages(cfg: RoundsConfig, r: int, nproc: int) -> list[Stage]:
         corpus=cfg.corpus,
     )
     train = train_stage(f"round {r} train", cfg.train_config, run, overrides, nproc)
-    evaluate = eval_stage(f"round {r} eval", run, d / "eval", "--no-progress", *map(str, cfg.eval_args))
+    model = round_model(cfg, r)
+    evaluate = eval_stage(f"round {r} eval", model, d / "eval", "--no-progress", *map(str, cfg.eval_args))
     # on Slurm the training script starts the ranks itself (srun) and resumes a requeued job
     script = [cfg.train_script, cfg.train_config, "--output-dir", str(run), *overrides]
+    soup = []
+    if cfg.soup_last:
+        soup = [
+            _on_slurm(
+                soup_stage(f"round {r} soup", [run], model, "--last", str(cfg.soup_last)), cfg, r, "soup"
+            )
+        ]
     return [
         _on_slurm(mine, cfg, r, "mine"),
         _on_slurm(train, cfg, r, "train", script),
+        *soup,
         _on_slurm(evaluate, cfg, r, "eval"),
     ]
 

@@ -129,7 +129,11 @@ def test_ablate_shares_the_baseline_and_tabulates_each_row(tmp_path, minilm_conf
         eval_args=["--tasks", STS, "--query-max-len", "32", "--doc-max-len", "48"],
         studies={
             "teacher": {"title": "Teacher", "rows": {"BM25": {}, "Self": {"teacher": "self"}}},
-            "negatives": NEGATIVES_STUDY,
+            # and a soup of the two rows, every row also scored at 128 of MiniLM's 384 dimensions
+            "negatives": {
+                "dims": [128],
+                "rows": {**NEGATIVES_STUDY["rows"], "Soup": {"soup": ["#HN=1", "#HN=2"]}},
+            },
         },
     )
     out = sfr_ds("ablate", cfg, timeout=1200).stdout
@@ -140,17 +144,27 @@ def test_ablate_shares_the_baseline_and_tabulates_each_row(tmp_path, minilm_conf
     )
     assert run_yaml["data"]["hard_negatives"] == 2
     assert "--teacher self:" + str(tmp_path / "ab" / "rows" / "baseline" / "train") in out
+    rows = tmp_path / "ab" / "rows"
+    soup = tmp_path / "ab" / "soups" / "negatives-Soup"
     for study, columns in (
-        ("teacher", {"BM25": "baseline", "Self": "teacher-self"}),
-        ("negatives", {"#HN=1": "baseline", "#HN=2": "data.hard_negatives-2"}),
+        ("teacher", {"BM25": rows / "baseline", "Self": rows / "teacher-self"}),
+        (
+            "negatives",
+            {"#HN=1": rows / "baseline", "#HN=2": rows / "data.hard_negatives-2", "Soup": soup},
+        ),
     ):
-        table = table_rows((tmp_path / "ab" / f"{study}.md").read_text().split("\n\n", 1)[1])
-        assert table["Metric"][:2] == list(columns)
-        for cell, row in zip(table["STS"], columns.values()):  # --tasks: grouped by type
-            score = main_score(tmp_path / "ab" / "rows" / row / "eval", "STSBenchmark-mini")
+        text = (tmp_path / "ab" / f"{study}.md").read_text()
+        table = table_rows(text.split("\n\n", 1)[1])
+        assert table["Metric"][: len(columns)] == list(columns)
+        for cell, folder in zip(table["STS"], columns.values()):  # --tasks: grouped by type
+            score = main_score(folder / "eval", "STSBenchmark-mini")
             assert float(cell) == pytest.approx(100 * score, abs=0.006)
+    assert json.loads((soup / "model" / "sfr_ds.json").read_text())["soup"]["inputs"]
+    assert "| AVG 128 |" in text and "| % of full at 128 |" in text  # the negatives study's widths
+    assert "128" in json.loads((soup / "eval" / "summary.json").read_text())["dims"]
     again = sfr_ds("ablate", cfg, "--plan").stdout
-    assert "[todo]" not in again and again.count("[done]") == 9  # prepare, 2 mines, 3 x (train, eval)
+    # prepare, 2 mines, 3 x (train, eval), the soup and its eval
+    assert "[todo]" not in again and again.count("[done]") == 11
 
 
 def test_ablate_config_reports_every_problem_at_once(tmp_path):
@@ -159,7 +173,11 @@ def test_ablate_config_reports_every_problem_at_once(tmp_path):
         yaml.safe_dump(
             {
                 "baseline": {"teacher": "self", "window": [100, 30], "k": 7},
-                "studies": {"a": {"rows": {"x": {"windw": [0, 1]}}}, "b": {"rows": {}}},
+                "studies": {
+                    "a": {"rows": {"x": {"windw": [0, 1]}}},
+                    "b": {"rows": {}},
+                    "c": {"dims": [0], "rows": {"x": {}, "s": {"soup": ["x", "nope"], "k": 3}}},
+                },
                 "nprocs": 2,
             }
         )
@@ -173,6 +191,9 @@ def test_ablate_config_reports_every_problem_at_once(tmp_path):
         "studies.b: no rows",
         "'baseline.window' must be [lo, hi)",
         "'baseline.teacher' cannot be self",
+        "'studies.c.dims' must be whole numbers >= 1",
+        "'studies.c.rows.s.soup' names ['nope'], not trained columns of the study (['x'])",
+        "'studies.c.rows.s': a soup row changes nothing else",
     ):
         assert needle in text, text
 

@@ -89,3 +89,25 @@ def test_slurm_runner_submits_nothing_for_complete_stages(tmp_path):
         "round 1 eval", tmp_path / "e", lambda: False, ["true"], job=Job("1/eval", "e", tmp_path / "l")
     )
     assert status([pending], state, env={"PATH": ""}) == ["round 1 eval: not submitted"]
+
+
+def test_rounds_with_a_soup_of_the_last_checkpoints(tmp_path):
+    """soup_last: K puts `sfr-ds soup RUN --last K` between training and evaluation, keeps K
+    checkpoints, and the next round mines with the soup."""
+    from sfr_ds.rounds import RoundsConfig, stages
+
+    cfg = RoundsConfig(output_dir=str(tmp_path), rounds=2, train_input="x.jsonl", soup_last=3)
+    names = [s.name for s in stages(cfg)]
+    assert names[:4] == ["round 1 mine", "round 1 train", "round 1 soup", "round 1 eval"]
+    soup, evaluate, mine2 = (stages(cfg)[i] for i in (2, 3, 4))
+    assert soup.command[-5:] == [
+        str(tmp_path / "round-1" / "train"),
+        "--out",
+        str(tmp_path / "round-1" / "soup"),
+        "--last",
+        "3",
+    ]
+    assert evaluate.command[evaluate.command.index("run") + 1] == str(tmp_path / "round-1" / "soup")
+    assert f"self:{tmp_path / 'round-1' / 'soup'}" in mine2.command
+    assert "run.keep_checkpoints=3" in stages(cfg)[1].command
+    assert soup.job.options == ["--ntasks=1", "--cpus-per-task=4", "--time=1:00:00"]
