@@ -3,10 +3,13 @@
 The same ``format_query``, ``tokenize`` (EOS, truncation) and ``Embedder`` (pooling, normalisation)
 as training, so a teacher or an evaluated model sees texts the way the trained model did.
 
-By default texts are encoded as training's GradCache encodes them: packed, longest first, into
-chunks of at most ``max_tokens`` real tokens run through the varlen attention, so nothing is
-computed on padding whatever the mix of lengths. ``max_tokens=None`` runs padded batches of
-``batch_size`` texts instead (sorted by length). Identical texts are encoded once per call.
+Texts are encoded either as training's GradCache encodes them, packed longest first into chunks of
+at most ``max_tokens`` real tokens run through the varlen attention (nothing computed on padding
+whatever the mix of lengths), or (``max_tokens=None``) in padded batches of ``batch_size`` texts
+sorted by length. Both give the same embeddings to 1e-5. ``"auto"`` (the default) packs on a GPU,
+where the varlen kernels skip padding, and pads on a CPU, where attention runs on a padded grid
+either way and sorted padded batches measured 10-20% faster (docs/benchmarks.md). Identical texts
+are encoded once per call.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from .model import Embedder, load_backbone, load_tokenizer
 from .run_dir import base_model_path, find_model_folder, is_adapter, read_meta
 
 DEFAULT_MAX_TOKENS = 8192  # real tokens per packed chunk: a 7B model's activations fit any GPU
+MaxTokens = int | str | None  # tokens per packed chunk, "auto", or None (padded batches)
+
+
+def resolve_max_tokens(max_tokens: MaxTokens, device=None) -> int | None:
+    """``"auto"``: packed chunks on a GPU, padded batches on a CPU (see the module docstring)."""
+    if max_tokens != "auto":
+        return max_tokens
+    on_gpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    return DEFAULT_MAX_TOKENS if on_gpu else None
 
 
 @dataclass
@@ -50,9 +62,10 @@ class TextEncoder:
         doc_max_len=256,
         batch_size=32,
         device=None,
-        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        max_tokens: MaxTokens = "auto",
     ) -> TextEncoder:
         """A plain HF model (no adapter), e.g. ``ModelConfig("builtin:minilm", pooling="mean")``."""
+        max_tokens = resolve_max_tokens(max_tokens, device)
         embedder = Embedder(load_backbone(cfg, packed=max_tokens is not None), cfg.pooling, cfg.normalize)
         return cls(
             embedder,
@@ -68,11 +81,12 @@ class TextEncoder:
         batch_size: int = 32,
         device=None,
         dtype: str | None = None,
-        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        max_tokens: MaxTokens = "auto",
     ) -> TextEncoder:
         """A run directory or any sfr-ds model folder (its ``final``, an exported adapter, a merged
         model): the base model with the adapter applied, or the folder's own full weights,
         encoded as trained."""
+        max_tokens = resolve_max_tokens(max_tokens, device)
         folder = find_model_folder(path)
         meta = read_meta(folder)
         adapter = is_adapter(folder)

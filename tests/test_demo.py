@@ -18,6 +18,7 @@ from sfr_ds.config import ConfigError
 from sfr_ds.data.records import read_jsonl, write_jsonl
 from sfr_ds.demo import BUNDLED as TRAIN_BUNDLE
 from sfr_ds.demo import TRAIN_FILES
+from sfr_ds.eval.runner import Manifest
 from sfr_ds.eval.suite import BUNDLED
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,8 @@ STS = f"sts:{BUNDLED}/stsbenchmark/sts-test.csv?name=STSBenchmark-mini"
 
 
 def main_score(eval_dir: Path, task: str) -> float:
-    (result,) = (eval_dir / "results").rglob(f"{task}.json")
+    """The task's full-width score, from mteb's own result file."""
+    result = Manifest.load(eval_dir).result_path(eval_dir, task)
     return json.loads(result.read_text())["scores"]["test"][0]["main_score"]
 
 

@@ -421,23 +421,39 @@ def test_dev_suite_table_and_compare(dev_outs, tmp_path):
 
 
 def test_summary_says_how_much_data_was_scored_and_dropped(dev_outs, mini):
-    """WikiQA questions without a correct answer are dropped (nothing to find): counted here from
-    the file, independently, and named in the summary with their reason."""
+    """Counted here from the files, independently: WikiQA questions with a correct answer (the
+    others are dropped: nothing to find), SciFact's judged queries, STS pairs."""
     answers: dict[str, set[str]] = {}
     for line in (mini / "wikiqa" / "WikiQA-test.txt").read_text().splitlines():
         question, _, label = line.split("\t")
         answers.setdefault(question, set()).add(label)
     kept = sum("1" in labels for labels in answers.values())
-    qrels = [
-        line.split("\t")[0] for line in (mini / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]
-    ]
+    dropped = len(answers) - kept
+    qrels = (mini / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]
     summary = (dev_outs[1] / "summary.md").read_text()
+    wikiqa = f"WikiQAReranking: {kept} queries scored, {dropped} dropped"
+    if dropped:
+        wikiqa = f"WARNING {wikiqa} ({dropped} without a positive candidate)"
+    assert f"- {wikiqa}\n" in summary
     assert (
-        f"- WARNING WikiQAReranking: {kept} queries scored, {len(answers) - kept} dropped "
-        f"({len(answers) - kept} without a positive candidate)"
-    ) in summary
-    assert f"- SciFact: {len(set(qrels))} queries scored, 0 dropped" in summary
-    assert "- STSBenchmark.dev: 100 pairs scored, 0 dropped" in summary
+        f"- SciFact: {len({line.split(chr(9))[0] for line in qrels})} queries scored, 0 dropped\n" in summary
+    )
+    assert "- STSBenchmark.dev: 100 pairs scored, 0 dropped\n" in summary
+
+
+def test_data_lines_warn_about_what_was_dropped():
+    from sfr_ds.eval.runner import data_lines
+    from sfr_ds.eval.specs import TaskEntry
+
+    tally = {"unit": "queries", "scored": 94, "dropped": {"with an id of test.tsv not in queries.jsonl": 131}}
+    entries = [
+        TaskEntry("retrieval:x", "Mine", "Retrieval", "Retrieval", {**tally, "warnings": ["2 relevant ..."]}),
+        TaskEntry("SciFact", "SciFact", "Retrieval", "Retrieval"),  # an MTEB task: nothing counted
+    ]
+    assert data_lines(entries) == [
+        "WARNING Mine: 94 queries scored, 131 dropped (131 with an id of test.tsv not in queries.jsonl)",
+        "WARNING Mine: 2 relevant ...",
+    ]
 
 
 def test_length_analysis_ranks_and_files(tiny_run, mini, cache_dir, tmp_path):

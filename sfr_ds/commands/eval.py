@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from . import options
+from .options import packing
 
 
 class _RunByDefault(click.Group):
@@ -78,10 +79,10 @@ _MODEL_OPTIONS = [
     options.count("--query-max-len", None, "Default 512 (or the model's max_seq_length)."),
     options.count("--doc-max-len", None, "Default 512 (or the model's max_seq_length)."),
     click.option("--dtype", type=click.Choice(["bf16", "fp32"]), help="Default bf16 on GPU, fp32 on CPU."),
-    options.count("--max-tokens", 8192, "Real tokens per packed chunk (texts packed longest first)."),
-    click.option(
-        "--padded", is_flag=True, help="Padded batches of --batch-size texts instead of packed chunks."
+    options.count(
+        "--max-tokens", None, "Pack texts longest first into chunks of N real tokens (default: 8192 on GPU)."
     ),
+    click.option("--padded", is_flag=True, help="Padded batches of --batch-size texts (the default on CPU)."),
     options.count("--batch-size", 32, "Texts per padded batch (with --padded)."),
     options.folder("--cache-dir", "Embedding cache root (default $SFR_DS_CACHE/eval-embeddings)."),
 ]
@@ -98,8 +99,8 @@ def _spec(source: str, model: dict):
     """The model spec of the model options (``cache_dir`` is not part of it)."""
     from sfr_ds.eval.models import model_spec
 
-    spec = {k: v for k, v in model.items() if k not in ("cache_dir", "padded")}
-    return model_spec(source, **spec, **({"max_tokens": None} if model["padded"] else {}))
+    spec = {k: v for k, v in model.items() if k not in ("cache_dir", "padded", "max_tokens")}
+    return model_spec(source, **spec, max_tokens=packing(model["max_tokens"], model["padded"]))
 
 
 @command.command()

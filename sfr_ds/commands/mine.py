@@ -18,6 +18,7 @@ from sfr_ds.io import check_output
 from sfr_ds.zoo import cache_dir
 
 from . import options
+from .options import packing
 
 # Rank 0 searches alone between collectives while the other ranks wait for it at the next
 # dataset's encoding (from-records), so the process-group timeout must outlast a search.
@@ -51,8 +52,10 @@ MINING_EXTRA = ("faiss", "bm25s")  # what `pip install -e ".[mining]"` adds
     "--dataset", "datasets", "Mine only records of this dataset (repeatable); others pass through."
 )
 @options.folder("--cache-dir", "Embedding cache [default: ($SFR_DS_CACHE or ~/.cache/sfr_ds)/embeddings].")
-@options.count("--max-tokens", 8192, "Real tokens per packed chunk (texts packed longest first).")
-@click.option("--padded", is_flag=True, help="Padded batches of --batch-size texts instead of packed chunks.")
+@options.count(
+    "--max-tokens", None, "Pack texts longest first into chunks of N real tokens (default: 8192 on GPU)."
+)
+@click.option("--padded", is_flag=True, help="Padded batches of --batch-size texts (the default on CPU).")
 @options.count("--batch-size", 32, "Texts per padded batch (with --padded).")
 @options.count("--shard-size", 4096, "Texts per cached shard: the unit of work per rank and of resume.")
 @click.option(
@@ -122,7 +125,7 @@ def command(
         dtype,
         batch_size,
         query_instruction,
-        None if padded else max_tokens,
+        packing(max_tokens, padded),
     )
     cache = teachers.CacheOptions(_cache_root(cache_dir), shard_size, progress)
     with _one_line():

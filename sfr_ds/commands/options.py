@@ -40,3 +40,11 @@ overwrite = click.option(
     help="Replace an existing --out file (never one of the inputs, which is always refused).",
 )
 progress = click.option("--progress/--no-progress", default=True, show_default=True)
+
+
+def packing(max_tokens: int | None, padded: bool) -> int | str | None:
+    """How texts are batched for encoding (``encode.TextEncoder``'s ``max_tokens``): ``--padded``,
+    ``--max-tokens N`` (packed), or neither: ``"auto"`` (packed on GPU, padded on CPU)."""
+    if padded and max_tokens:
+        raise click.UsageError("--padded and --max-tokens exclude each other (--max-tokens packs)")
+    return None if padded else (max_tokens or "auto")

@@ -51,7 +51,7 @@ class ModelSpec:
     doc_max_len: int | None = None
     dtype: str | None = None  # None: bf16 on GPU, fp32 on CPU
     batch_size: int = 32  # texts per padded batch (max_tokens None)
-    max_tokens: int | None = 8192  # real tokens per packed chunk (encode.DEFAULT_MAX_TOKENS)
+    max_tokens: int | str | None = "auto"  # per packed chunk; "auto": packed on GPU, padded on CPU
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

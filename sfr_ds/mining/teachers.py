@@ -183,7 +183,7 @@ class EncodeOptions:
     dtype: str | None = None  # default bf16 on GPU, fp32 on CPU (bf16 matmuls crawl on most CPUs)
     batch_size: int = 32  # texts per padded batch (max_tokens None)
     query_instruction: str | None = None
-    max_tokens: int | None = 8192  # real tokens per packed chunk (encode.DEFAULT_MAX_TOKENS)
+    max_tokens: int | str | None = "auto"  # per packed chunk; "auto": packed on GPU, padded on CPU
 
 
 def make_teacher(spec: str, options: EncodeOptions, cache: CacheOptions) -> Teacher:
