@@ -24,7 +24,7 @@ from .config import ConfigError, LossConfig
 
 
 def check_matryoshka_dims(cfg: LossConfig, width: int) -> None:
-    """Every Matryoshka prefix must fit in the model's embeddings (known once the model is built)."""
+    """Every Matryoshka prefix must fit in the model's embeddings (``width``: from its config)."""
     if too_wide := [d for d in cfg.matryoshka_dims if d > width]:
         raise ConfigError(
             [f"'loss.matryoshka_dims': {too_wide} exceed the model's embedding width ({width})"]

@@ -3,10 +3,10 @@
 ``OUT/eval.json`` (the manifest) names the model, the tasks and any truncated widths (``dims``,
 Matryoshka); mteb writes each task's scores to ``OUT/results/<model>/<revision>/<Task>.json`` in
 its own format (``<model>-d<dim>`` for the first ``dim`` dimensions, scored from the same cached
-embeddings); ``OUT/status/<Task>.json``
-says whether a task is submitted, running, done or failed (with the error). A local run and a
-Slurm array element run the same ``run_tasks``, so the two paths cannot drift apart. Only
-``run_tasks`` imports torch or mteb: reading a folder's state stays light for a login node.
+embeddings); ``OUT/status/<Task>.json`` says whether a task is submitted, running, done or failed
+(with the error). A local run and a Slurm array element run the same ``run_tasks``, so the two
+paths cannot drift apart. Only ``run_tasks`` imports torch or mteb: reading a folder's state stays
+light for a login node.
 """
 
 from __future__ import annotations
