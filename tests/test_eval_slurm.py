@@ -106,6 +106,8 @@ def test_slurm_submit_status_collect_and_resubmit_failed_task_alone(cluster, dat
     assert set(summary["tasks"]) == {"SciFact", "STSBenchmark"} and summary["missing"] == ["BrokenRetrieval"]
     assert "Traceback" in (out / "slurm" / "logs" / f"{job}_2.out").read_text()
     assert "| Retrieval |" in (out / "summary.md").read_text()
+    # the submit read each file's first row only; the elements counted what they scored
+    assert "- STSBenchmark: 60 pairs scored, 0 dropped" in (out / "summary.md").read_text()
 
     # fix the data, re-submit the failed task alone
     done = {

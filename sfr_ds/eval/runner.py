@@ -311,7 +311,10 @@ def run_tasks(
                 )
                 scores[dim] = main_score(manifest.result_path(out, entry.name, dim))
             score = scores[None]
-            write_status(out, entry.name, "done", job=job, score=score, seconds=time.time() - start)
+            counted = {"data": _tally(entry)} if entry.data is None else {}  # a Slurm submit read heads only
+            write_status(
+                out, entry.name, "done", job=job, score=score, seconds=time.time() - start, **counted
+            )
             narrower = "".join(f", {d} dims {v:.4f}" for d, v in scores.items() if d)
             seconds = time.time() - start
             print(f"[sfr-ds eval] {entry.name}: {score:.4f}{narrower} ({seconds:.0f} s)", flush=True)
@@ -333,6 +336,23 @@ def _failed(out: Path, task: str, job: str | None, error: Exception) -> None:
     print(f"[sfr-ds eval] {task}: FAILED: {type(error).__name__}: {error}", flush=True)
     if job is not None:  # a Slurm log is read later, by whoever debugs; a terminal gets the line
         traceback.print_exc()
+
+
+def _tally(entry: TaskEntry) -> dict | None:
+    """How much of a local task's data is scored (``readers.Tally``), read as evaluating it did."""
+    tally = check_data(entry.spec)
+    return tally.to_json() if tally is not None else None
+
+
+def counted(out: Path, manifest: Manifest) -> list[TaskEntry]:
+    """The manifest's tasks with their data counts: from the submitting command when it read all
+    the data, else from the status the evaluating run (a Slurm array element) wrote."""
+    return [
+        entry
+        if entry.data is not None
+        else dataclasses.replace(entry, data=(read_status(out, entry.name) or {}).get("data"))
+        for entry in manifest.tasks
+    ]
 
 
 def _task(entry: TaskEntry):

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..io import atomic_write, check_output
 from .runner import (
     Manifest,
+    counted,
     data_lines,
     embedding_width,
     is_done,
@@ -219,7 +220,7 @@ def write_summary(out: Path) -> Scores:
         AVG: scores.avg,
         "missing": scores.missing,
     }
-    if lines := data_lines(Manifest.load(out).tasks):
+    if lines := data_lines(counted(out, Manifest.load(out))):
         text += "\n## Data scored\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     if narrower := [d for d in widths(out) if d is not None]:
         at = {d: read_scores(out, d) for d in narrower}
