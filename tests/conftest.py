@@ -20,6 +20,20 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' probes (host_reads) and scripts
 
 
+def join_gloo(rank: int, world: int, port: int, timeout_s: int = 120):
+    """In a spawned test process: become rank ``rank`` of ``world`` on the loopback (sfr_ds.dist)."""
+    from sfr_ds import dist
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    return dist.setup(timeout_s=timeout_s)
+
+
 def free_port() -> int:
     """A TCP port free on the loopback now (each distributed test gets its own)."""
     import socket

@@ -453,6 +453,8 @@ BAD_MINE_OPTIONS = {
     "mine_window_upside_down": (("--range", 100, 30), ["range_min < range_max"]),
     "mine_k_zero": (("--k", 0), ["--k", "0"]),
     "mine_negative_margin": (("--margin", -1), ["margin must be > 0"]),
+    "mine_padded_and_max_tokens": (("--padded", "--max-tokens", 512), ["--padded and --max-tokens"]),
+    "mine_max_tokens_zero": (("--max-tokens", 0), ["--max-tokens", "0"]),
 }
 
 

@@ -247,6 +247,12 @@ CASES = {
         ["banking77/test.csv does not exist"],
     ),
     "bad max length": lambda t: (ev(t, sts(t)) + ("--query-max-len", "0"), ["--query-max-len"]),
+    "dims not numbers": lambda t: (ev(t, sts(t)) + ("--dims", "256,half"), ["--dims", "'256,half'"]),
+    "dims zero": lambda t: (ev(t, sts(t)) + ("--dims", "0"), ["--dims", "whole numbers >= 1"]),
+    "padded and max tokens": lambda t: (
+        ev(t, sts(t)) + ("--padded", "--max-tokens", "512"),
+        ["--padded and --max-tokens exclude each other"],
+    ),
     # ---- retrieval: BEIR folders
     "retrieval of a file": lambda t: (
         ev(t, f"retrieval:{write(t / 'c.jsonl', CORPUS)}"),

@@ -297,6 +297,18 @@ PIPELINE_CASES = {
         ("ablate", ablate_yaml(t, GOOD_ABLATE), "nproc"),
         ["'nproc'", "key=value"],
     ),
+    "ablate soup of an unknown row": lambda t: (
+        ("ablate", ablate_yaml(t, "studies:\n  s:\n    rows:\n      a: {}\n      b: {soup: [a, c]}\n")),
+        ["'studies.s.rows.b.soup' names ['c']"],
+    ),
+    "ablate dims zero": lambda t: (
+        ("ablate", ablate_yaml(t, GOOD_ABLATE.replace("    rows:", "    dims: [0]\n    rows:"))),
+        ["'studies.s.dims' must be whole numbers >= 1"],
+    ),
+    "rounds soup of one checkpoint": lambda t: (
+        ("rounds", ablate_yaml(t, GOOD_ROUNDS + "soup_last: 1\n")),
+        ["'soup_last' must be 0 (no soup) or >= 2"],
+    ),
     "rounds missing": lambda t: (("rounds", t / "none.yaml"), ["none.yaml"]),
     "rounds tab": lambda t: (
         ("rounds", ablate_yaml(t, "rounds: 1\n\ttrain_input: x\n")),

@@ -1,14 +1,13 @@
 """Loss modes and masks, checked on the logits and against a loop-based InfoNCE."""
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import free_port
+from conftest import free_port, join_gloo
 
 from sfr_ds.data.batch import NegativeDrawer, allowed_mask, build_text_batch
 from sfr_ds.data.records import Record
@@ -99,14 +98,7 @@ def test_negative_drawing_is_deterministic_and_follows_policy():
 def _gather_worker(rank, world, port, out):
     from sfr_ds import dist
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    dist.setup(timeout_s=60)
+    join_gloo(rank, world, port, timeout_s=60)
     torch.manual_seed(0)
     w = torch.randn(8, 8, requires_grad=True)
     x = torch.randn(world * 4, 8)

@@ -11,14 +11,13 @@ side-by-side benchmark honest as both libraries move.
 """
 
 import functools
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from conftest import TINY, free_port, rel_diff
+from conftest import TINY, free_port, join_gloo, rel_diff
 
 pytestmark = pytest.mark.integration
 
@@ -148,14 +147,7 @@ class _Gather:
 def _two_rank_worker(rank: int, world: int, port: int, root: str, out) -> None:
     from sfr_ds import dist
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    dist.setup(timeout_s=120)
+    join_gloo(rank, world, port)
     embedder, st, backbone = models(Path(root) / "base", Path(root) / "tokenizer")
     rows = slice(rank * N // world, (rank + 1) * N // world)
     results = {}
