@@ -10,6 +10,10 @@
 # real tokens each with packing on, as in configs/sfr_mistral_7b.yaml; else gradcache.chunk_size sequences).
 # The same config gives the same model on 1, 8 or 64 GPUs.
 #
+# Rendezvous (slurm/srun_train.sh): MASTER_ADDR = first host of the node list, MASTER_PORT =
+# 20000 + job id % 20000. The run directory, the data, this repository and the Python environment
+# must be on a file system every node sees (docs/slurm.md, Multi-node).
+#
 # Why srun and not torchrun/deepspeed inside the job: Slurm then owns every rank, so its signals
 # (preemption, time limit, scancel) reach all of them, --kill-on-bad-exit ends the job as soon as
 # one rank dies, and sfr_ds reads its rank from SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS.

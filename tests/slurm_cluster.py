@@ -164,12 +164,13 @@ class LocalSlurm:
         (self.root / "etc" / "gres.conf").write_text(gres_conf)
 
     def _add_hosts(self) -> None:
-        """Fake node names resolve to 127.0.0.1 (only needed with several nodes)."""
+        """Fake node names resolve to 127.0.0.1 (only needed with several nodes). Each cluster
+        adds its own marked line even when the names already resolve (another cluster's line,
+        which that cluster removes when it stops): a repeated /etc/hosts entry is harmless."""
         hosts = Path("/etc/hosts")
-        missing = [n for n in self.nodes if n != "localhost" and not _resolves(n)]
-        if missing:
-            with open(hosts, "a") as f:
-                f.write(f"127.0.0.1 {' '.join(missing)} {HOSTS_MARK} {self.root}\n")
+        start = "" if hosts.read_text().endswith("\n") or not hosts.read_text() else "\n"
+        with open(hosts, "a") as f:
+            f.write(f"{start}127.0.0.1 {' '.join(self.nodes)} {HOSTS_MARK} {self.root}\n")
 
     def _remove_hosts(self) -> None:
         hosts = Path("/etc/hosts")
@@ -256,14 +257,6 @@ class LocalSlurm:
         for f in sorted((self.root / "log").glob("*")):
             out.append(f"===== {f}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(out)
-
-
-def _resolves(name: str) -> bool:
-    try:
-        socket.gethostbyname(name)
-        return True
-    except OSError:
-        return False
 
 
 def _pids_named(name: str) -> list[int]:

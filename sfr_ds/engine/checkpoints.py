@@ -1,7 +1,8 @@
 """Checkpoints: written by every rank then marked complete, resumed and read with ``weights_only``.
 
 ``<run>/checkpoints/step-N/`` holds DeepSpeed's shards (trainable parameters only), each rank's RNG
-state and, last, ``complete.json``; ``latest`` moves to a tag only after every rank has written, so
+state and, last, ``complete.json``; ``latest`` moves to a tag only after every rank has written (rank 0
+checks each rank's file is there: on several nodes the run directory must be shared), so
 a crash during a save leaves it on the previous complete checkpoint (layout: ``sfr_ds.run_dir``).
 
 Every read goes through ``torch.load(weights_only=True)``: a checkpoint is a file a user may have
@@ -14,9 +15,12 @@ and export runs DeepSpeed's ``zero_to_fp32`` with a ``torch`` whose ``load`` is 
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import shutil
+import signal
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -46,14 +50,47 @@ def save(engine, run: RunDir, step: int, keep: int) -> str:
         save_latest=False,
         exclude_frozen_parameters=True,
     )
+    _fault_in_save(step, me.rank)
     torch.save(rng_state(), run.checkpoint(tag) / f"rng_rank{me.rank:05d}.pt")
     dist.barrier()
+    _check_every_rank_wrote(run.checkpoint(tag), me)
     if me.is_main:
         atomic_write_json(run.checkpoint(tag) / COMPLETE, {"step": step, "world": me.world}, durable=True)
         atomic_write(run.latest_file, tag, durable=True)
         _prune(run, keep)
     dist.barrier()
     return tag
+
+
+RANK_FILES_WAIT_S = 60.0  # how long rank 0 looks for the other ranks' files (NFS caches listings)
+
+
+def _check_every_rank_wrote(tag_dir: Path, me: dist.DistInfo) -> None:
+    """Rank 0 sees every rank's RNG file (each rank's last write before the barrier), or no rank
+    marks the checkpoint complete: on several nodes, a run directory that is not on a shared
+    file system would otherwise give a ``latest`` that the other nodes cannot resume. Rank 0
+    looks again for up to ``RANK_FILES_WAIT_S``: an NFS client may cache what a folder holds."""
+    if me.is_main:
+        deadline = time.monotonic() + RANK_FILES_WAIT_S
+        while True:
+            missing = [r for r in range(me.world) if not (tag_dir / f"rng_rank{r:05d}.pt").exists()]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+    missing = dist.broadcast_object(missing if me.is_main else None)
+    if missing:
+        raise CheckpointError(
+            f"{tag_dir}: rank(s) {missing[:8]} wrote their part of this checkpoint, but rank 0 does "
+            "not see it there; the run directory must be on a file system every node shares"
+        )
+
+
+def _fault_in_save(step: int, rank: int) -> None:
+    """``SFR_DS_FAULT_DIE_IN_SAVE=STEP:RANK`` (a testing hook): that rank SIGKILLs itself in the
+    middle of step STEP's save, its DeepSpeed shard written, its RNG file not, ``complete.json``
+    and ``latest`` not yet moved -- a crash during a checkpoint write, at a known point."""
+    if os.environ.get("SFR_DS_FAULT_DIE_IN_SAVE") == f"{step}:{rank}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _prune(run: RunDir, keep: int) -> None:
