@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import click
 
-from .commands import ablate, demo, export, merge, mine, prepare, rounds, soup, train
+from .commands import ablate, audit, demo, export, merge, mine, prepare, rounds, soup, train
 from .commands import eval as eval_
 
 COMMANDS = (
     train.command,
     prepare.command,
     mine.command,
+    audit.command,
     eval_.command,
     merge.command,
     export.command,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -66,6 +67,13 @@ class DataConfig:
     dataset_weights: dict = field(default_factory=dict)  # batches per epoch scale, default 1.0
     max_records_per_dataset: int | None = None
     seed: int = 42
+    # Records converted once to Arrow (per node, or per cluster on shared storage) and memory-mapped
+    # by every rank; false parses every file into every rank, as before (sfr_ds/data/arrow_store.py).
+    memory_map: bool = True
+    cache_dir: str = ""  # where the Arrow copies live; "" = $XDG_CACHE_HOME/sfr_ds/data (~/.cache)
+    # Files in FlagEmbedding's or sentence-transformers' format, by name: {format, instruction,
+    # task_type, dataset} given once per file (sfr_ds/data/formats.py).
+    file_formats: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +84,10 @@ class LossConfig:
     # normalises), e.g. [4096, 1024, 256]; [] trains the full width only, as the SFR recipe does.
     matryoshka_dims: list = field(default_factory=list)
     matryoshka_weights: list = field(default_factory=list)  # one per dim; [] weighs each 1
+    # Qwen3-Embedding's false-negative mask: a candidate scoring above the query's positive + this
+    # margin (raw score q·d, before the temperature) leaves the softmax. null: off (the SFR recipe);
+    # 0.1 in Qwen3-Embedding.
+    false_negative_margin: float | None = None
 
 
 @dataclass
@@ -281,6 +293,11 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
         )
     need(c.loss.temperature > 0, "'loss.temperature' must be > 0 (0.02 in the SFR recipe)")
     p += _matryoshka_checks(c.loss)
+    fn = c.loss.false_negative_margin
+    need(
+        fn is None or (math.isfinite(fn) and fn >= 0),
+        f"'loss.false_negative_margin' must be a number >= 0 (0.1 in Qwen3-Embedding) or null, got {fn!r}",
+    )
     need(c.gradcache.chunk_size >= 1, "'gradcache.chunk_size' must be >= 1")
     longest = max(c.data.query_max_len, c.data.doc_max_len)
     need(

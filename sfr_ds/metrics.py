@@ -4,7 +4,8 @@ A row holds ``step``, ``loss`` (the global mean), ``lr``, ``dataset`` (``mixed``
 not task-homogeneous), ``grad_norm`` (before clipping), ``tokens`` (real tokens of the global
 batch), ``seconds`` (the whole step, input wait included), ``input_wait`` (how long the step waited
 for its host-side inputs) and ``epoch``; a step skipped for a non-finite loss has ``loss`` and
-``grad_norm`` null and ``skipped`` true.
+``grad_norm`` null and ``skipped`` true. With ``loss.false_negative_margin`` set, a row also has
+``false_negatives_masked``: the candidates the false-negative mask removed, summed over ranks.
 """
 
 from __future__ import annotations

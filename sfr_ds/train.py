@@ -70,6 +70,8 @@ def train(cfg: TrainConfig, resume: bool = False, after_backward: Callable | Non
                 check_replay=cfg.gradcache.check_replay,
             )
         row.update(loss=gate.loss / me.world, tokens=gate.tokens)
+        if cfg.loss.false_negative_margin is not None:  # candidates the mask removed, all ranks
+            row["false_negatives_masked"] = int(dist.all_reduce_sum(loss.take_masked()))
         if gate.nonfinite:
             skip_nonfinite(engine, cfg, row)
         else:

@@ -120,6 +120,20 @@ def out_is_the_labelled_input_even_with_overwrite(t):
 
 
 @case(PREPARE)
+def format_without_labelled(t):
+    sts = write(t / "sts.csv", STS)
+    return ["--sts", sts, "--dataset", "stsb", "--format", "examples", "--out", t / "o.jsonl"], [
+        "--format applies to --labelled"
+    ]
+
+
+@case(PREPARE)
+def labelled_examples_without_a_class_of_two(t):
+    args, f = labelled_args(t)  # two rows, two classes: no example has a same-class partner
+    return [*args, "--format", "examples"], [f"{f} (labelled source): format examples needs a class"]
+
+
+@case(PREPARE)
 def out_is_the_beir_corpus(t):
     root = beir(t / "scifact")
     return ["--beir", root, "--out", root / "corpus.jsonl"], [
@@ -348,6 +362,10 @@ BAD_YAML = {
         sources("{labelled: l.csv, dataset: banking77, n_neg: -1}"),
         ["{t}/l.csv (labelled source): n_neg must be >= 0"],
     ),
+    "yaml_unknown_labelled_format": (
+        sources("{labelled: l.csv, dataset: banking77, format: prose}"),
+        ["{t}/l.csv (labelled source): format must be one of ['labels', 'examples'], got 'prose'"],
+    ),
     "yaml_path_not_a_string": (
         sources("{sts: 5, dataset: stsb}"),
         ["{spec}:", "source 1 (sts): the path must be a string"],
@@ -453,6 +471,11 @@ BAD_MINE_OPTIONS = {
     "mine_window_upside_down": (("--range", 100, 30), ["range_min < range_max"]),
     "mine_k_zero": (("--k", 0), ["--k", "0"]),
     "mine_negative_margin": (("--margin", -1), ["margin must be > 0"]),
+    "mine_cap_unknown_kind": (("--cap", "percent:0.9"), ["'--cap'", "relative or absolute"]),
+    "mine_cap_not_a_number": (("--cap", "relative:high"), ["'--cap'", "relative:ALPHA or absolute:MARGIN"]),
+    "mine_cap_relative_zero": (("--cap", "relative:0"), ["'--cap'", "a relative cap must be > 0"]),
+    "mine_cap_absolute_negative": (("--cap", "absolute:-0.1"), ["'--cap'", "an absolute cap must be >= 0"]),
+    "mine_cap_and_margin": (("--cap", "relative:0.9", "--margin", 0.9), ["--cap or --margin"]),
     "mine_padded_and_max_tokens": (("--padded", "--max-tokens", 512), ["--padded and --max-tokens"]),
     "mine_max_tokens_zero": (("--max-tokens", 0), ["--max-tokens", "0"]),
 }

@@ -267,6 +267,12 @@ def ablate_yaml(tmp, text) -> str:
     return str(path)
 
 
+def sts_only(tmp) -> str:
+    """A training file of tiny.jsonl's STS records only (no labelled records)."""
+    lines = [line for line in DATA.read_text().splitlines(True) if '"dataset": "stsb"' in line]
+    return write(tmp / "sts.jsonl", "".join(lines))
+
+
 GOOD_ABLATE = "studies:\n  s:\n    rows:\n      a: {}\n"
 GOOD_ROUNDS = f"train_input: {DATA}\nrounds: 1\n"
 PIPELINE_CASES = {
@@ -304,6 +310,45 @@ PIPELINE_CASES = {
     "ablate dims zero": lambda t: (
         ("ablate", ablate_yaml(t, GOOD_ABLATE.replace("    rows:", "    dims: [0]\n    rows:"))),
         ["'studies.s.dims' must be whole numbers >= 1"],
+    ),
+    "ablate bad cap, labels and datasets, all at once": lambda t: (
+        (
+            "ablate",
+            ablate_yaml(
+                t,
+                "studies:\n  s:\n    rows:\n"
+                "      a: {cap: 'relative:0'}\n"
+                "      b: {cap: 'top:0.95'}\n"
+                "      c: {labels: example}\n"
+                "      d: {datasets: [scifact, nq]}\n"
+                "      e: {datasets: []}\n"
+                "      f: {cap: 0.95}\n"
+                "      g: {soup: [a, d], datasets: [scifact]}\n",
+            ),
+        ),
+        [
+            "'studies.s.rows.a.cap': 'relative:0': a relative cap must be > 0",
+            "'studies.s.rows.b.cap': 'top:0.95': the cap's kind must be relative or absolute",
+            "'studies.s.rows.c.labels' must be one of ['labels', 'examples'], got 'example'",
+            "'studies.s.rows.d.datasets' names ['nq'], not bundled training datasets",
+            "'studies.s.rows.e.datasets' must be one or more distinct names, got []",
+            "'studies.s.rows.f.cap' must be str or null, got 0.95",
+            "'studies.s.rows.g': a soup row changes nothing else",
+        ],
+    ),
+    "ablate datasets and examples not in train input": lambda t: (
+        (
+            "ablate",
+            ablate_yaml(
+                t,
+                f"train_input: {sts_only(t)}\nstudies:\n  s:\n    rows:\n"
+                "      a: {datasets: [banking77]}\n      b: {labels: examples}\n",
+            ),
+        ),
+        [
+            "'studies.s.rows.a.datasets' names ['banking77'], not datasets of 'train_input' ['stsb']",
+            "'studies.s.rows.b.labels': examples needs labelled records",
+        ],
     ),
     "rounds soup of one checkpoint": lambda t: (
         ("rounds", ablate_yaml(t, GOOD_ROUNDS + "soup_last: 1\n")),

@@ -200,12 +200,96 @@ def test_margin_drops_candidates_close_to_the_positive(scifact, minilm):
     p = sfr_ds(
         *mine_args(scifact.train, scifact.corpus, "builtin:minilm", out, minilm.cache, "--margin", "0.95")
     )
-    dropped = int(re.search(r"dropped by margin: (\d+)", p.stdout).group(1))
-    assert f"{N_DOCS // SHARD} were cached" in p.stdout and dropped > 0
+    dropped = int(re.search(r"dropped by the cap: (\d+)", p.stdout).group(1))
+    assert f"{N_DOCS // SHARD} were cached" in p.stdout and dropped > 0 and "cap relative:0.95" in p.stdout
     ref = brute_force(scifact, minilm)
     for i, r in enumerate(read_jsonl(out)):
         best = max(ref.scores[i, ref.row[d]] for d in r.extra["pos_ids"])
         assert all(s < 0.95 * best + 1e-6 for s in r.extra["neg_scores"])
+    # --margin is the relative cap: the same file byte for byte
+    cap = scifact.dir / "cap.jsonl"
+    sfr_ds(
+        *mine_args(
+            scifact.train, scifact.corpus, "builtin:minilm", cap, minilm.cache, "--cap", "relative:0.95"
+        )
+    )
+    assert cap.read_bytes() == out.read_bytes()
+
+
+def test_absolute_cap_with_a_window_from_the_top(scifact, minilm):
+    """--range 0 100 --cap absolute:0.05 (TopK-MarginPos): every negative scores below the best
+    positive - 0.05 per the brute-force scores, and the report counts what each rule dropped."""
+    out = scifact.dir / "absolute.jsonl"
+    args = ("--range", 0, 100, "--cap", "absolute:0.05")
+    p = sfr_ds(*mine_args(scifact.train, scifact.corpus, "builtin:minilm", out, minilm.cache, *args))
+    counts = re.search(r"above the window: (\d+); dropped by the cap: (\d+)", p.stdout)
+    assert counts and int(counts.group(1)) == 0 and int(counts.group(2)) > 0, p.stdout
+    ref, mined = brute_force(scifact, minilm), read_jsonl(out)
+    for i, r in enumerate(mined):
+        best = max(ref.scores[i, ref.row[d]] for d in r.extra["pos_ids"])
+        assert all(s < best - 0.05 + 1e-6 for s in r.extra["neg_scores"])
+    # a query whose positive ranks low keeps nothing of its top 100: counted, and rare
+    empty = sum(not r.neg for r in mined)
+    assert f"({empty} with none)" in p.stdout and empty < len(mined) // 10
+
+
+def test_cap_policies_match_a_direct_computation():
+    """select_negatives with each cap against the window computed by hand, then capped."""
+    from test_mining_search import expected_window, make_mining_case
+
+    from sfr_ds.mining.select import Cap, select_negatives
+
+    ids, scores, positives, doc_texts, pos_texts = make_mining_case(seed=3)
+    for cap, lo, hi in [(Cap("relative", 0.9), 0, 30), (Cap("absolute", 0.05), 5, 25), (None, 5, 25)]:
+        out, report = select_negatives(
+            ids,
+            scores,
+            positives,
+            doc_texts,
+            pos_texts,
+            100,
+            query_keys=list(range(len(ids))),
+            range_min=lo,
+            range_max=hi,
+            margin=cap,
+        )
+        dropped = above = 0
+        for q, negs in enumerate(out):
+            texts = {t.strip() for t in pos_texts[q]}
+            row = zip(ids[q].tolist(), scores[q].tolist())
+            ref = max(s for i, s in row if i in positives[q] or doc_texts[i].strip() in texts)
+            limit = {None: np.inf, "relative": 0.9 * ref, "absolute": ref - 0.05}[cap and cap.kind]
+            window = expected_window(ids[q], scores[q], positives[q], pos_texts[q], doc_texts, lo, hi)
+            kept = [(r, i) for r, i, s in window if s < limit]
+            dropped += len(window) - len(kept)
+            above += len(expected_window(ids[q], scores[q], positives[q], pos_texts[q], doc_texts, 0, lo))
+            assert [(n["rank"], n["id"]) for n in negs] == kept
+        assert report.dropped_by_margin == dropped and report.above_window == above
+        assert (dropped > 0) == (cap is not None) and (above > 0) == (lo > 0)
+    # a bare number is the relative cap
+    same = [
+        select_negatives(
+            ids, scores, positives, doc_texts, pos_texts, 3, query_keys=list(range(len(ids))), margin=m
+        )
+        for m in (0.9, Cap("relative", 0.9))
+    ]
+    assert same[0] == same[1]
+
+
+def test_cap_parses_and_refuses_with_a_reason():
+    from sfr_ds.mining.select import Cap
+
+    assert Cap.parse("relative:0.95") == Cap("relative", 0.95)
+    assert Cap.parse(str(Cap("absolute", 0.05))) == Cap("absolute", 0.05)
+    for bad, says in [
+        ("percent:0.9", "relative or absolute"),
+        ("relative:", "relative:ALPHA"),
+        ("relative:0", "> 0"),
+        ("absolute:-1", ">= 0"),
+        ("absolute:nan", "finite"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            Cap.parse(bad)
 
 
 def test_killed_encoding_resumes_on_two_ranks_to_identical_output(scifact, minilm, tmp_path):
@@ -284,3 +368,81 @@ def test_bm25_then_self_teacher_rounds(scifact, tmp_path):
     key = json.loads(next(tmp_path.glob("cache/query-*/key.json")).read_text())
     assert (key["pooling"], key["append_eos"], key["max_len"]) == ("last", True, 32)  # the run's
     assert len(key["adapter"]) == 64 and key["instruction"] == INSTRUCTIONS["scifact"]
+
+
+def test_false_negative_audit_counts_by_hand():
+    """The audit over a fake teacher whose ranking is known (every other text in index order,
+    scores falling by 0.011): each policy's false negatives (mined texts with the query's label)
+    against counting here, with k large enough that every candidate a policy keeps is mined."""
+    from sfr_ds.data.records import Record
+    from sfr_ds.mining import audit
+    from sfr_ds.mining.teachers import Ranking
+
+    labels = ["a"] * 4 + ["b"] * 3 + ["c"] * 40
+    records = [
+        Record(f"t{i}", [lb], [], "classification", "x", "", {"label": lb}) for i, lb in enumerate(labels)
+    ]
+    task = audit.labelled_task(records)
+    assert len(task.queries) == len(labels) and all(len(t) == 2 for t in task.told)
+
+    class ByIndex:
+        name = "fake"
+
+        def rank(self, queries, instructions, corpus, positives, depth):
+            ids = np.asarray([[j for j, t in enumerate(corpus) if t != q] for q in queries])
+            scores = np.tile(1 - 0.011 * np.arange(ids.shape[1]), (len(queries), 1)).astype(np.float32)
+            return Ranking(scores, ids, [1.0] * len(queries))
+
+    k = 100
+    rows = {r.policy.name: r for r in audit.audit(task, ByIndex(), k)}
+    for policy in audit.policies(k):
+        n_false = n_neg = 0
+        for i, (told, bad) in enumerate(zip(task.told, task.is_false)):
+            raw = [j for j in range(len(labels)) if j != i]  # position p scores 1 - 0.011 p
+            cand = [(p, j) for p, j in enumerate(raw) if j not in told]
+            kept = [
+                j
+                for p, j in cand[policy.range_min : policy.range_max]
+                if not policy.cap or 1 - 0.011 * p < 0.95
+            ]
+            n_neg, n_false = n_neg + len(kept), n_false + sum(j in bad for j in kept)
+        got = rows[policy.name]
+        assert (got.n_negatives, got.n_false) == (n_neg, n_false), policy
+    assert rows["naive top-k"].n_false > rows["window"].n_false > 0
+    assert rows["cap"].n_negatives < rows["naive top-k"].n_negatives  # the cap dropped the top
+
+    retrieval = [
+        Record("q", ["p1", "p2"], ["n1"], "retrieval", "y", ""),
+        Record("r", ["p3"], [], "retrieval", "y", ""),
+    ]
+    hidden = audit.hidden_positive_task(retrieval)
+    assert (
+        hidden.queries == ["q"] and len(hidden.told[0]) == 1 and hidden.is_false[0] | hidden.told[0] == {0, 1}
+    )
+
+
+def test_audit_command_prints_and_writes_one_table(tmp_path):
+    """sfr-ds audit-negatives on two small files: eight rows (2 data x 4 policies), the same in
+    the file it writes atomically; a second run without --overwrite is refused."""
+    intents = ["card", "loan", "fee"]
+    labelled = [
+        {"query": f"{w} question {i} about my {w}", "pos": [w], "neg": [], "task_type": "classification",
+         "dataset": "bank", "instruction": "", "label": w}
+        for w in intents for i in range(4)
+    ]  # fmt: skip
+    retrieval = [
+        {"query": f"q {i} word{i}", "pos": [f"word{i} doc a", f"word{i} doc b"], "neg": [f"other {i}"],
+         "task_type": "retrieval", "dataset": "sci", "instruction": ""}
+        for i in range(5)
+    ]  # fmt: skip
+    files = {}
+    for name, rows in (("labelled", labelled), ("retrieval", retrieval)):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["audit-negatives", "--labelled", files["labelled"], "--retrieval", files["retrieval"]]
+    p = sfr_ds(*args, "--k", 2, "--out", tmp_path / "audit.md")
+    table = [line for line in p.stdout.splitlines() if line.startswith("| bm25 |")]
+    assert len(table) == 8 and "bank (labelled: exact)" in table[0] and "sci (hidden positive)" in table[4]
+    assert (tmp_path / "audit.md").read_text().splitlines()[2:] == table
+    again = sfr_ds(*args, "--out", tmp_path / "audit.md", check=False)
+    assert again.returncode != 0 and "Traceback" not in again.stderr and "--overwrite" in again.stderr

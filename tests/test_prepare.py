@@ -179,6 +179,64 @@ def test_from_labelled_label_text_and_task_type(tmp_path):
         from_labelled(path, "x", "inst")
 
 
+def test_from_labelled_examples_draw_positives_and_negatives_by_class(data):
+    """format examples (NV-Embed): the positive is another example of the anchor's class, each
+    negative an example of another class (one per class); own-negatives records."""
+    path = data / "banking77" / "train.csv"
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = [(r["text"].strip(), r["category"]) for r in csv.DictReader(f)]
+    classes: dict[str, set[str]] = {}
+    for text, label in rows:
+        classes.setdefault(text, set()).add(label)
+    records, report = from_labelled(path, "banking77", n_neg=7, seed=1, format="examples")
+    assert len(records) == report.written == len(rows) and report.skipped == 0
+    for r, (text, label) in zip(records, rows):
+        assert r.query == text and r.extra["label"] == label and r.loss_mode == "own_negatives"
+        assert r.pos[0] != text and label in classes[r.pos[0]]
+        neg_classes = [classes[n] for n in r.neg]
+        assert len(r.neg) == 7 and all(label not in c for c in neg_classes)
+        assert len(set().union(*neg_classes)) >= 7  # seven different classes
+    again, _ = from_labelled(path, "banking77", n_neg=7, seed=1, format="examples")
+    other, _ = from_labelled(path, "banking77", n_neg=7, seed=2, format="examples")
+    assert [r.to_json() for r in again] == [r.to_json() for r in records]
+    assert [r.pos for r in other] != [r.pos for r in records] and [r.neg for r in other] != [
+        r.neg for r in records
+    ]
+
+
+def test_from_labelled_formats_on_a_small_file(tmp_path):
+    """labels: every class is a document of every record; examples: a class with one example is
+    skipped and counted, and every other class gives one negative when n_neg is not set."""
+    path = tmp_path / "l.csv"
+    path.write_text("text,category\na1,a\na2,a\nb1,b\nb2,b\nb3,b\nc1,c\n", encoding="utf-8")
+    labels, report = from_labelled(path, "x", "inst")
+    assert report.written == 6 and all(sorted(r.pos + r.neg) == ["a", "b", "c"] for r in labels)
+    ex, report = from_labelled(path, "x", "inst", task_type="clustering", format="examples")
+    assert report.written == 5 and report.reasons == {"no other example of its class": 1}
+    assert "c1" not in [r.query for r in ex]
+    for r in ex:
+        own = r.query[0]
+        assert r.pos[0][0] == own and r.pos[0] != r.query and r.task_type == "clustering"
+        assert sorted(n[0] for n in r.neg) == sorted({"a", "b", "c"} - {own})
+    with pytest.raises(ValueError, match="format must be one of"):
+        from_labelled(path, "x", "inst", format="prose")
+
+
+def test_prepare_command_writes_examples_and_keeps_labels_the_default(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("text,category\na1,a\na2,a\nb1,b\nb2,b\n", encoding="utf-8")
+    args = ("prepare", "--labelled", path, "--dataset", "banking77")
+    sfr_ds(*args, "--out", tmp_path / "default.jsonl")
+    sfr_ds(*args, "--format", "labels", "--out", tmp_path / "labels.jsonl")
+    p = sfr_ds(*args, "--format", "examples", "--out", tmp_path / "examples.jsonl")
+    assert "4 written, 0 skipped" in p.stdout
+    assert (tmp_path / "default.jsonl").read_bytes() == (tmp_path / "labels.jsonl").read_bytes()
+    pairs = {"a1": "a2", "a2": "a1", "b1": "b2", "b2": "b1"}  # each class has exactly two
+    for r in read_jsonl(tmp_path / "examples.jsonl"):
+        assert r.pos == [pairs[r.query]] and len(r.neg) == 1 and r.neg[0][0] != r.query[0]
+        assert r.loss_mode == "own_negatives"
+
+
 # --- sources (sfr-ds prepare) ---------------------------------------------------------------
 
 

@@ -9,14 +9,19 @@ import click
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--study", "only", multiple=True, help="Run only this study (repeatable).")
-@click.option("--plan", "show_plan", is_flag=True, help="Print the stages and their state; run nothing.")
+@click.option(
+    "--plan",
+    "show_plan",
+    is_flag=True,
+    help="Print every stage (done, or to do with its command), what is left and its rough cost; run nothing.",
+)
 def command(config, overrides, only, show_plan):
     """Mine, train and evaluate every row of the studies in CONFIG (e.g. configs/ablations_cpu.yaml),
     then write one table per study in the layout of the SFR-Embedding-Mistral paper's tables (groups
     and AVG as rows). Finished stages are skipped, so the same command continues an interrupted set.
     OVERRIDES (key=value) apply to CONFIG.
     """
-    from ..ablate import load_ablate_config, plan, run_ablations
+    from ..ablate import describe_plan, load_ablate_config, plan, run_ablations
     from ..config import ConfigError
 
     try:
@@ -28,9 +33,7 @@ def command(config, overrides, only, show_plan):
     if only:
         studies = {name: studies[name] for name in only}
     if show_plan:
-        stages, _ = plan(cfg, studies)
-        for stage in stages:
-            click.echo(f"[{'done' if stage.done() else 'todo'}] {stage.name} -> {stage.output}")
+        click.echo(describe_plan(plan(cfg, studies)[0]))
         return
     try:
         click.echo(run_ablations(cfg, studies))

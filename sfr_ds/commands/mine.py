@@ -42,10 +42,14 @@ MINING_EXTRA = ("faiss", "bm25s")  # what `pip install -e ".[mining]"` adds
 @options.rank_window("Rank window [MIN, MAX) after removing positives, 0-based.")
 @options.count("--k", 7, "Negatives per query.")
 @click.option(
-    "--margin",
-    type=float,
+    "--cap",
     default=None,
-    help="Drop candidates scoring >= MARGIN x the positive's score (e.g. 0.95).",
+    callback=lambda ctx, param, value: _cap(value),
+    help="Positive-aware filter on the window's candidates (NV-Retriever): relative:0.95 drops those "
+    "scoring >= 0.95 x the positive's score, absolute:0.05 those scoring >= the positive's - 0.05.",
+)
+@click.option(
+    "--margin", type=float, default=None, help="The same as --cap relative:MARGIN (kept for old scripts)."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draw of k.")
 @options.repeated(
@@ -87,6 +91,7 @@ def command(
     overwrite,
     window,
     k,
+    cap,
     margin,
     seed,
     datasets,
@@ -109,8 +114,10 @@ def command(
     """
     from sfr_ds.mining.plan import MineOptions, check_teacher, corpus_file, plan_file
 
+    if cap is not None and margin is not None:
+        raise click.UsageError("give --cap or --margin (the same as --cap relative:MARGIN), not both")
     try:
-        options = MineOptions(window[0], window[1], k, margin, seed, tuple(datasets))
+        options = MineOptions(window[0], window[1], k, cap or margin, seed, tuple(datasets))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     with _one_line():
@@ -145,6 +152,18 @@ def command(
     if report is not None:
         click.echo(str(report))
         click.echo(f"wrote {out}")
+
+
+def _cap(value: str | None):
+    """``--cap KIND:VALUE`` as a ``Cap``; a bad one is a one-line error naming the option."""
+    if value is None:
+        return None
+    from sfr_ds.mining.select import Cap
+
+    try:
+        return Cap.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--cap'") from None
 
 
 @contextmanager

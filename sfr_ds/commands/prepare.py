@@ -33,6 +33,14 @@ from . import options
     default="classification",
     show_default=True,
 )
+@click.option(
+    "--format",
+    "labelled_format",
+    type=click.Choice(["labels", "examples"]),
+    default=None,
+    help="--labelled records: labels (pos = its label, neg = other labels) or examples (pos = another "
+    "example of its class, neg = examples of other classes)  [default: labels]",
+)
 @click.option("--dataset", help="Dataset name (picks the instruction) [default: BEIR folder name].")
 @click.option(
     "--instruction",
@@ -42,7 +50,9 @@ from . import options
     help="Instruction for a dataset, over the built-in table (repeatable).",
 )
 @options.overwrite
-def command(config, out, beir, split, sts, labelled, task_type, dataset, instructions, overwrite):
+def command(
+    config, out, beir, split, sts, labelled, task_type, labelled_format, dataset, instructions, overwrite
+):
     """Write one training JSONL: sfr-ds prepare [SOURCES.yaml] [--beir|--sts|--labelled PATH] --out OUT.
 
     Prints records written and source items skipped, by reason, per source.
@@ -54,6 +64,10 @@ def command(config, out, beir, split, sts, labelled, task_type, dataset, instruc
         raise click.UsageError(str(e)) from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+    if labelled_format is not None:
+        if not labelled:
+            raise click.UsageError("--format applies to --labelled (in a YAML, give format: per source)")
+        sources[-1].options["format"] = labelled_format
     try:
         check_output(out, _inputs(config, sources), overwrite)
         records = convert_all(sources, overrides, click.echo)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .load import group_by_dataset, neg_counts
 from .records import Record, RecordError
 from .tokens import format_query
 
@@ -25,6 +26,7 @@ class TextBatch:
     own_only: np.ndarray  # [G] bool: labels-as-documents examples score their own documents only
     datasets: list[str]  # [G]
     k: int
+    doc_ids: list[str | None] | None = None  # [G*(1+k)] the record's id of each document, if any
 
     @property
     def group(self) -> int:
@@ -40,13 +42,12 @@ class NegativeDrawer:
 
     def __init__(self, records: list[Record], k: int, policy: str, seed: int):
         self.records, self.k, self.policy, self.seed = records, k, policy, seed
-        pools: dict[str, list[int]] = {}
-        for i, r in enumerate(records):
-            pools.setdefault(r.dataset, []).append(i)
-        self.pools = {name: np.asarray(v) for name, v in pools.items()}
-        short = [i for i, r in enumerate(records) if len(r.neg) < k]
+        # per dataset and per record from compact columns: memory-mapped records read no text here
+        self.pools = {name: np.asarray(v) for name, v in group_by_dataset(records).items()}
+        counts = neg_counts(records)
+        short = np.flatnonzero(counts < k).tolist()
         self.n_short = len(short)
-        self.n_empty = sum(1 for i in short if not records[i].neg)
+        self.n_empty = int(np.count_nonzero(counts[short] == 0))
         if short and policy == "error":
             lines = ", ".join(f"#{i} ({records[i].dataset}: {len(records[i].neg)})" for i in short[:10])
             raise RecordError(
@@ -89,10 +90,23 @@ class NegativeDrawer:
         ]
 
 
+def own_document_ids(r: Record, texts: list[str]) -> list[str | None]:
+    """Each text's document id where the record carries one for it (``pos_ids`` / ``neg_ids``):
+    two texts with one id (a document with and without its title, say) are one document. Only the
+    record's own ids are read, so no rank holds a table over every record's texts; a text drawn
+    from another record's documents has none here (equal texts are caught by text anyway)."""
+    known: dict[str, str] = {}
+    for docs, name in ((r.pos, "pos_ids"), (r.neg, "neg_ids")):
+        for text, i in zip(docs, r.extra.get(name) or ()):
+            if i is not None:
+                known.setdefault(text, str(i))
+    return [known.get(t) for t in texts]
+
+
 def build_text_batch(
     records: list[Record], indices: np.ndarray, epoch: int, drawer: NegativeDrawer
 ) -> TextBatch:
-    queries, raw, docs, own, names = [], [], [], [], []
+    queries, raw, docs, own, names, ids = [], [], [], [], [], []
     pos_rng = np.random.default_rng([drawer.seed, epoch, 0xB0])
     for i in indices:
         r = records[int(i)]
@@ -100,10 +114,12 @@ def build_text_batch(
         raw.append(r.query)
         # several positives: one drawn per epoch, deterministically
         pos = r.pos[0] if len(r.pos) == 1 else r.pos[int(pos_rng.integers(len(r.pos)))]
-        docs += [pos] + drawer.draw(int(i), epoch)
+        texts = [pos] + drawer.draw(int(i), epoch)
+        docs += texts
+        ids += own_document_ids(r, texts)
         own.append(r.loss_mode == "own_negatives")
         names.append(r.dataset)
-    return TextBatch(queries, raw, docs, np.asarray(own, dtype=bool), names, drawer.k)
+    return TextBatch(queries, raw, docs, np.asarray(own, dtype=bool), names, drawer.k, ids)
 
 
 def allowed_mask(batch: TextBatch, rows: slice, mask_duplicates: bool) -> torch.Tensor:
@@ -111,8 +127,10 @@ def allowed_mask(batch: TextBatch, rows: slice, mask_duplicates: bool) -> torch.
 
     Labels-as-documents queries see only their own documents; the others see every document of
     the in-batch examples. With ``mask_duplicates``, a document is hidden from a query (unless it
-    is that query's positive) when its text equals the query's positive, the query itself, or the
-    positive of another example with the same query: identical texts are never negatives.
+    is that query's positive) when its text or its document id (where records carry ids) equals
+    the query's positive's, or its text equals the query itself, or it is the positive of another
+    example with the same query: the same document is never a negative. The documents are those of
+    every rank, so a duplicate on another rank is masked too.
     """
     G, g = len(batch.queries), batch.group
     ids: dict[str, int] = {}
@@ -128,6 +146,15 @@ def allowed_mask(batch: TextBatch, rows: slice, mask_duplicates: bool) -> torch.
     if mask_duplicates:
         pos_id = doc_id[rows_idx * g]
         same_text = (doc_id[None, :] == pos_id[:, None]) | (doc_id[None, :] == q_id[rows_idx][:, None])
+        if batch.doc_ids is not None:
+            key = _id_keys(batch.doc_ids)
+            same_text |= key[None, :] == key[rows_idx * g][:, None]
         same_query = (q_id[owner][None, :] == q_id[rows_idx][:, None]) & is_pos[None, :]
         allowed &= ~((same_text | same_query) & ~(own_block & is_pos[None, :]))
     return torch.from_numpy(allowed)
+
+
+def _id_keys(doc_ids: list[str | None]) -> np.ndarray:
+    """One int per document: equal for equal ids, unique (negative) for a document without one."""
+    keys: dict[str, int] = {}
+    return np.asarray([-1 - j if i is None else keys.setdefault(i, len(keys)) for j, i in enumerate(doc_ids)])

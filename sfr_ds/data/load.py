@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from .records import Record, RecordError, check_record, read_jsonl, unknown_keys, warn_unknown_keys
 
 
@@ -61,7 +63,18 @@ def load_training_data(files: list[str], max_per_dataset: int | None = None) -> 
 
 
 def group_by_dataset(records: list[Record]) -> dict[str, list[int]]:
+    """Dataset name -> its records' indices (ascending), in first-seen order. Memory-mapped records
+    (``arrow_store.ArrowRecords``) answer from a compact column, without reading any text."""
+    if hasattr(records, "groups"):
+        return records.groups()
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         groups.setdefault(r.dataset, []).append(i)
     return groups
+
+
+def neg_counts(records: list[Record]) -> np.ndarray:
+    """[n] each record's number of negatives (memory-mapped records: from a compact column)."""
+    if hasattr(records, "neg_counts"):
+        return records.neg_counts()
+    return np.fromiter((len(r.neg) for r in records), dtype=np.int64, count=len(records))

@@ -298,6 +298,9 @@ def _read_labelled(
         yield row[text_field].strip(), row[label_field].strip(), where
 
 
+LABELLED_FORMATS = ("labels", "examples")
+
+
 def from_labelled(
     path: str | os.PathLike,
     dataset: str,
@@ -308,22 +311,56 @@ def from_labelled(
     label_text: Mapping[str, str] | None = None,
     n_neg: int | None = None,
     seed: int = 0,
+    format: str = "labels",
 ) -> tuple[list[Record], PrepareReport]:
-    """Labelled texts as labels-as-documents records: pos = [its label], neg = the other labels.
+    """Labelled texts as own-negatives records (the loss scores only a record's own documents).
 
-    With ``n_neg`` each record gets a sample of that many other labels (all of them if fewer),
-    drawn from one ``random.Random(seed)`` in file order, so the output is a pure function of
-    the file and the seed. ``label_text`` maps raw labels to the text the model sees; by
-    default underscores become spaces.
+    ``format="labels"`` (labels as documents, the SFR recipe): pos = [its label], neg = the other
+    labels. ``format="examples"`` (NV-Embed, 2024): pos = another example of its class, neg = one
+    example of each other class; a row whose class has no other example (other text) is skipped
+    and counted ("no other example of its class"); a file where every row is such is an error.
+    With ``n_neg`` each record gets that many other classes (all of them if fewer). Every draw
+    comes from one ``random.Random(seed)`` in file order, so the output is a pure function of the
+    file and the seed. ``label_text`` maps raw labels to the text the model sees; by default
+    underscores become spaces.
     """
     if task_type not in OWN_NEGATIVE_TASKS:
         raise ValueError(f"task_type must be one of {sorted(OWN_NEGATIVE_TASKS)}, got {task_type!r}")
     if n_neg is not None and n_neg < 0:
         raise ValueError(f"n_neg must be >= 0, got {n_neg}")
+    if format not in LABELLED_FORMATS:
+        raise ValueError(f"format must be one of {list(LABELLED_FORMATS)}, got {format!r}")
     instruction = instruction_for(dataset, instruction)
     report = PrepareReport(os.fspath(path))
     rows = list(_read_labelled(path, text_field, label_field))
     labels = sorted({label for _, label, _ in rows if label})
+    rng = random.Random(seed)
+    records: list[Record] = []
+    if format == "examples":
+        by_class: dict[str, list[str]] = {}
+        for text, label, _ in rows:
+            if text and label:
+                by_class.setdefault(label, []).append(text)
+        if not any(len(set(texts)) > 1 for texts in by_class.values()):
+            raise ValueError("format examples needs a class with two examples of different text; none has")
+        make = _example_maker(by_class, labels, n_neg, rng)
+    else:
+        make = _label_maker(_label_names(labels, label_text), labels, n_neg, rng)
+    for text, label, where in rows:
+        if not text:
+            report.skip("empty text")
+        elif not label:
+            report.skip("empty label")
+        elif (docs := make(text, label)) is None:
+            report.skip("no other example of its class")
+        else:
+            pos, neg = docs
+            record = Record(text, [pos], neg, task_type, dataset, instruction, {"label": label})
+            _emit(record, where, records, report)
+    return records, report
+
+
+def _label_names(labels: list[str], label_text: Mapping[str, str] | None) -> dict[str, str]:
     if label_text is not None and (unmapped := [lb for lb in labels if lb not in label_text]):
         raise ValueError(f"label_text has no entry for label(s) {unmapped}")
     names = {lb: (label_text[lb] if label_text is not None else humanize_label(lb)) for lb in labels}
@@ -331,17 +368,32 @@ def from_labelled(
         raise ValueError(
             "two labels map to the same text; a record's positive would also be one of its negatives"
         )
-    rng = random.Random(seed)
-    records: list[Record] = []
-    for text, label, where in rows:
-        if not text:
-            report.skip("empty text")
-        elif not label:
-            report.skip("empty label")
-        else:
-            others = [names[lb] for lb in labels if lb != label]
-            if n_neg is not None and n_neg < len(others):
-                others = rng.sample(others, n_neg)
-            record = Record(text, [names[label]], others, task_type, dataset, instruction, {"label": label})
-            _emit(record, where, records, report)
-    return records, report
+    return names
+
+
+def _other_labels(labels: list[str], label: str, n_neg: int | None, rng: random.Random) -> list[str]:
+    others = [lb for lb in labels if lb != label]
+    return rng.sample(others, n_neg) if n_neg is not None and n_neg < len(others) else others
+
+
+def _label_maker(names: dict[str, str], labels: list[str], n_neg: int | None, rng: random.Random):
+    """(text, label) -> (its label's text, the other labels' texts)."""
+
+    def make(text: str, label: str) -> tuple[str, list[str]]:
+        return names[label], [names[lb] for lb in _other_labels(labels, label, n_neg, rng)]
+
+    return make
+
+
+def _example_maker(by_class: dict[str, list[str]], labels: list[str], n_neg: int | None, rng: random.Random):
+    """(text, label) -> (another example of its class, one example of each other class drawn),
+    or None when its class has no example with another text."""
+
+    def make(text: str, label: str) -> tuple[str, list[str]] | None:
+        same = [t for t in by_class[label] if t != text]
+        if not same:
+            return None
+        pos = rng.choice(same)
+        return pos, [rng.choice(by_class[lb]) for lb in _other_labels(labels, label, n_neg, rng)]
+
+    return make

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import ConfigError, TrainConfig
+from .arrow_store import open_training_data
 from .batch import NegativeDrawer, TextBatch, allowed_mask, build_text_batch
 from .load import group_by_dataset, load_training_data
 from .records import Record
@@ -36,7 +37,15 @@ class TrainingData:
 
     @classmethod
     def load(cls, cfg: TrainConfig) -> TrainingData:
-        records = load_training_data(cfg.data.train_files, cfg.data.max_records_per_dataset)
+        if cfg.data.memory_map:  # converted once per node to Arrow, rows read as steps need them
+            data = cfg.data
+            records = open_training_data(
+                data.train_files, data.max_records_per_dataset, data.cache_dir or None, data.file_formats
+            )
+        elif cfg.data.file_formats:
+            raise ConfigError(["'data.file_formats' needs data.memory_map=true (the Arrow reader maps them)"])
+        else:  # every record parsed into this process
+            records = load_training_data(cfg.data.train_files, cfg.data.max_records_per_dataset)
         try:
             plan = BatchPlan(
                 group_by_dataset(records),
@@ -56,7 +65,8 @@ class TrainingData:
     def describe(self) -> list[str]:
         """What the run will see, and the warnings it deserves."""
         groups = ", ".join(f"{k}: {len(v)}" for k, v in self.plan.groups.items())
-        lines = [
+        lines = [*(self.records.notes() if hasattr(self.records, "notes") else [])]
+        lines += [
             f"{len(self.records)} records in {len(self.plan.groups)} datasets ({groups}); "
             f"{self.plan.steps_per_epoch} steps per epoch, {self.total_steps} steps in all"
         ]

@@ -29,7 +29,7 @@ from sfr_ds.mining.plan import (
     plan_records,
     positive_rows,
 )
-from sfr_ds.mining.select import SelectReport, retrieval_depth, select_negatives
+from sfr_ds.mining.select import SelectReport, as_cap, retrieval_depth, select_negatives
 from sfr_ds.mining.teachers import Ranking, Teacher
 
 __all__ = ["FROM_RECORDS", "MineOptions", "MineReport", "Pool", "make_pools", "mine_file", "positive_rows"]
@@ -58,7 +58,7 @@ class MineReport:
         lines = [
             (
                 f"teacher {self.teacher}; window [{o.range_min}, {o.range_max}), k={o.k}, "
-                f"margin {o.margin}, seed {o.seed}"
+                f"cap {as_cap(o.margin) or 'none'}, seed {o.seed}"
             )
         ]
         for g in self.groups:
@@ -67,7 +67,9 @@ class MineReport:
                 f"{g.name}: {g.n_queries} queries over {g.n_docs:,} docs; recall@{o.recall_at} "
                 f"{g.recall:.4f}; {s.n_short} queries with fewer than {o.k} negatives "
                 f"({s.n_empty} with none); dropped as positive: {s.dropped_as_positive_id} by id, "
-                f"{s.dropped_as_positive_text} by text; dropped by margin: {s.dropped_by_margin}"
+                f"{s.dropped_as_positive_text} by text; above the window: {s.above_window}; "
+                f"dropped by the cap: {s.dropped_by_margin}"
+                + (f" ({s.n_margin_skipped} queries without a positive score)" if s.n_margin_skipped else "")
             )
         lines.append(f"{self.n_unchanged} records passed through unchanged")
         return "\n".join(lines)

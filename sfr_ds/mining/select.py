@@ -3,6 +3,11 @@
 The top of a teacher's ranking holds unlabelled positives (false negatives) and the bottom holds
 easy negatives, so negatives come from a rank window (the SFR seed: 30-100), with positives and,
 optionally, candidates scoring too close to the positive removed, then k drawn per query.
+
+The cap is NV-Retriever's positive-aware filter (Moreira et al., 2024): ``relative:0.95`` drops a
+candidate scoring >= 0.95 x the positive's score (TopK-PercPos), ``absolute:0.05`` one scoring
+>= the positive's score - 0.05 (TopK-MarginPos). One policy: positives out, then the window, then
+the cap on what the window kept.
 """
 
 from __future__ import annotations
@@ -13,19 +18,67 @@ from dataclasses import dataclass
 
 import numpy as np
 
+CAP_KINDS = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class Cap:
+    """A positive-aware cap: drop candidates whose teacher score reaches ``limit(positive score)``."""
+
+    kind: str  # relative: value x positive; absolute: positive - value
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Cap:
+        """``relative:0.95`` or ``absolute:0.05``; a ValueError saying what is expected."""
+        kind, _, number = text.partition(":")
+        try:
+            cap = cls(kind.strip(), float(number))
+        except ValueError:
+            expected = "relative:ALPHA or absolute:MARGIN (e.g. relative:0.95)"
+            raise ValueError(f"expected {expected}, got {text!r}") from None
+        if problems := cap.problems():
+            raise ValueError(f"{text!r}: " + "; ".join(problems))
+        return cap
+
+    def problems(self) -> list[str]:
+        if self.kind not in CAP_KINDS:
+            return [f"the cap's kind must be relative or absolute, got {self.kind!r}"]
+        if not np.isfinite(self.value):
+            return [f"the cap's value must be a finite number, got {self.value}"]
+        if self.kind == "relative" and self.value <= 0:
+            return [f"a relative cap must be > 0 (e.g. 0.95), got {self.value}"]
+        if self.kind == "absolute" and self.value < 0:
+            return [f"an absolute cap must be >= 0 (e.g. 0.05), got {self.value}"]
+        return []
+
+    def limit(self, reference: float) -> float:
+        """Candidates scoring at or above this are dropped."""
+        return self.value * reference if self.kind == "relative" else reference - self.value
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value!r}"  # parses back to the same cap (--nproc-per-node)
+
+
+def as_cap(margin: float | Cap | None) -> Cap | None:
+    """``--margin X`` (a bare number) is the relative cap X."""
+    return margin if margin is None or isinstance(margin, Cap) else Cap("relative", float(margin))
+
 
 @dataclass
 class SelectReport:
-    """Counts for the mining log; candidate counts cover the whole retrieved list except
-    ``dropped_by_margin``, which counts only window candidates (the rest are never used)."""
+    """Counts for the mining log, one per rule: positives by id and by text over the whole
+    retrieved list; ``above_window`` the non-positive candidates ranked above the window;
+    ``dropped_by_margin`` (the cap) only candidates the window kept (the rest are never used)."""
 
     n_queries: int = 0
     n_short: int = 0  # queries that got fewer than k negatives (empty ones included)
     n_empty: int = 0  # queries that got none
     dropped_as_positive_id: int = 0
     dropped_as_positive_text: int = 0  # another id whose stripped text equals a positive's
-    dropped_by_margin: int = 0
-    n_margin_skipped: int = 0  # margin set but no positive score known for the query
+    above_window: int = 0
+    dropped_by_margin: int = 0  # by the cap (--cap, or --margin: a relative cap)
+    n_margin_skipped: int = 0  # a cap set but no positive score known for the query
 
 
 def retrieval_depth(range_max: int, positives: Sequence[set[int]]) -> int:
@@ -44,7 +97,7 @@ def select_negatives(
     query_keys: Sequence[str | int],
     range_min: int = 30,
     range_max: int = 100,
-    margin: float | None = None,
+    margin: float | Cap | None = None,
     seed: int = 0,
     positive_scores: Sequence[float | None] | None = None,
 ) -> tuple[list[list[dict]], SelectReport]:
@@ -57,8 +110,9 @@ def select_negatives(
     means the same thing for a query with one positive as for one with five, and searching
     ``retrieval_depth`` deep always fills it (text duplicates can still shorten it: see n_short).
 
-    With ``margin``, window candidates scoring >= margin × the reference score are dropped as
-    likely false negatives; they keep their ranks (the filter removes, it does not re-rank).
+    With ``margin`` (a ``Cap``; a bare number is the relative cap), window candidates scoring >=
+    the cap's limit of the reference score (``Cap.limit``) are dropped as likely false negatives;
+    they keep their ranks (the filter removes, it does not re-rank).
     The reference is the best teacher score among the removed positives, or
     ``positive_scores[i]`` (e.g. the teacher's score of the query against its positive, for
     positives ranked below K), whichever is higher. With neither, the query is not filtered and
@@ -72,7 +126,7 @@ def select_negatives(
     problems += setting_problems(k, range_min, range_max, margin, seed)
     if problems:
         raise ValueError("select_negatives: " + "; ".join(problems))
-    report = SelectReport(n_queries=len(positives))
+    report, cap = SelectReport(n_queries=len(positives)), as_cap(margin)
     selected = []
     for i, key in enumerate(query_keys):
         cand_ids, cand_scores, pos_found = _remove_positives(
@@ -82,9 +136,10 @@ def select_negatives(
             {"id": cand_ids[r], "rank": r, "score": cand_scores[r]}
             for r in range(range_min, min(range_max, len(cand_ids)))
         ]
+        report.above_window += min(range_min, len(cand_ids))
         given = None if positive_scores is None else positive_scores[i]
-        if margin is not None:
-            pool = _margin_filter(pool, _reference(pos_found, given), margin, report)
+        if cap is not None:
+            pool = _margin_filter(pool, _reference(pos_found, given), cap, report)
         picked = _draw(pool, k, seed, key)
         report.n_short += len(picked) < k
         report.n_empty += not picked
@@ -124,14 +179,13 @@ def _reference(pos_found: list[float], given: float | None) -> float | None:
     return max(known) if known else None
 
 
-def _margin_filter(
-    pool: list[dict], reference: float | None, margin: float, report: SelectReport
-) -> list[dict]:
+def _margin_filter(pool: list[dict], reference: float | None, cap: Cap, report: SelectReport) -> list[dict]:
     """Drop candidates the teacher scores almost as high as the positive: likely unlabelled positives."""
     if reference is None:
         report.n_margin_skipped += 1
         return pool
-    kept = [c for c in pool if c["score"] < margin * reference]
+    limit = cap.limit(reference)
+    kept = [c for c in pool if c["score"] < limit]
     report.dropped_by_margin += len(pool) - len(kept)
     return kept
 
@@ -160,14 +214,18 @@ def _shape_problems(ranked_ids, ranked_scores, nq: int, per_query: dict) -> list
     return problems
 
 
-def setting_problems(k: int, range_min: int, range_max: int, margin: float | None, seed: int) -> list[str]:
+def setting_problems(
+    k: int, range_min: int, range_max: int, margin: float | Cap | None, seed: int
+) -> list[str]:
     """Every bad setting at once, named (``MineOptions`` checks them before any encoding)."""
     problems = []
     if k < 1:
         problems.append(f"k must be >= 1, got {k}")
     if not 0 <= range_min < range_max:
         problems.append(f"the rank window needs 0 <= range_min < range_max, got {range_min} {range_max}")
-    if margin is not None and margin <= 0:
+    if isinstance(margin, Cap):
+        problems += margin.problems()
+    elif margin is not None and margin <= 0:
         problems.append(f"margin must be > 0 (e.g. 0.95), got {margin}")
     if seed < 0:
         problems.append(f"seed must be >= 0, got {seed}")
