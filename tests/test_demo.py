@@ -123,6 +123,7 @@ def ablate_yaml(tmp_path: Path, train_config: Path, **fields) -> Path:
     return path
 
 
+@pytest.mark.slow  # 90 s of training; tests/test_ablate.py checks the plan and the sharing without it
 def test_ablate_shares_the_baseline_and_tabulates_each_row(tmp_path, minilm_config):
     cfg = ablate_yaml(
         tmp_path,
