@@ -212,7 +212,7 @@ def st_train(argv: list[str]) -> None:
 
     from sfr_ds.config import load_config
     from sfr_ds.data.tokens import adds_eos
-    from sfr_ds.engine.training import linear_schedule
+    from sfr_ds.engine.training import optimizer_and_schedule
     from sfr_ds.merge.layout import write_tokenizer
     from sfr_ds.model import load_tokenizer
     from sfr_ds.zoo import resolve_model_path
@@ -254,16 +254,8 @@ def st_train(argv: list[str]) -> None:
         gather_across_devices=True,
     )
     dataset, sampler = st_dataset(run, cfg, world)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        params,
-        lr=cfg.optim.lr,
-        betas=tuple(cfg.optim.betas),
-        eps=cfg.optim.eps,
-        weight_decay=cfg.optim.weight_decay,
-    )
     steps = cfg.optim.max_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(cfg.optim.warmup_steps, steps))
+    opt, sched = optimizer_and_schedule(model, cfg, steps)  # sfr-ds's own, by construction
     extra = {"batch_sampler": sampler} if sampler else {"batch_sampler": "no_duplicates"}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "trainer"),

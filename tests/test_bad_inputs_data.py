@@ -77,6 +77,7 @@ Case = Callable[[Path], tuple[list, list]]  # folder -> (command line, what the 
 PREPARE: dict[str, Case] = {}
 MINE: dict[str, Case] = {}
 TRAIN: dict[str, Case] = {}
+AUDIT: dict[str, Case] = {}
 
 
 def case(table: dict[str, Case]):
@@ -585,6 +586,38 @@ def test_mine_refuses(name, tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+# --- audit-negatives ------------------------------------------------------------------------------
+
+
+@case(AUDIT)
+def audit_labelled_missing(t):
+    return ["--labelled", t / "missing.jsonl"], ["'--labelled'", "does not exist"]
+
+
+@case(AUDIT)
+def audit_out_is_the_labelled_input_even_with_overwrite(t):
+    f = write(t / "l.jsonl", jsonl([RECORD]))
+    return ["--labelled", f, "--out", f, "--overwrite"], [f"{f}: is one of the inputs"]
+
+
+@case(AUDIT)
+def audit_out_exists(t):
+    f, out = write(t / "l.jsonl", jsonl([RECORD])), write(t / "o.md", "mine\n")
+    return ["--labelled", f, "--out", out], [f"{out}: exists; pass --overwrite"]
+
+
+@case(AUDIT)
+def audit_k_zero(t):
+    return ["--k", 0], ["'--k'", "x>=1"]
+
+
+@pytest.mark.parametrize("name", sorted(AUDIT))
+def test_audit_negatives_refuses(name, tmp_path):
+    """One line, before any teacher runs; every file that was there is unchanged (``refused``)."""
+    args, needles = AUDIT[name](tmp_path)
+    refused("audit-negatives", *args, where=tmp_path, says=needles, timeout=60)
+
+
 @pytest.mark.parametrize("module", ["faiss", "bm25s"])
 def test_mine_without_the_mining_extra_says_how_to_install_it(module, tmp_path):
     """With faiss or bm25s not importable, one line says which and how to install the extra."""
@@ -677,4 +710,4 @@ def test_overwrite_replaces_an_output_atomically_and_only_when_asked(tmp_path):
 
 def test_count_of_bad_inputs():
     """The issue asks for many distinct mistakes; this file holds its share of them."""
-    assert len(PREPARE) + len(MINE) + len(TRAIN) + 2 >= 70
+    assert len(PREPARE) + len(MINE) + len(TRAIN) + len(AUDIT) + 2 >= 70

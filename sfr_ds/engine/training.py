@@ -36,9 +36,8 @@ def linear_schedule(warmup: int, total: int):
     return factor
 
 
-def initialize(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, per_rank_queries: int):
-    """The engine over ``model``'s trainable parameters: torch AdamW, the linear schedule, our JSON."""
-    config = ds_config(cfg, per_rank_queries)
+def optimizer_and_schedule(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):
+    """torch AdamW over ``model``'s trainable parameters and the SFR recipe's linear schedule."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
         trainable,
@@ -47,7 +46,13 @@ def initialize(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, per_r
         eps=cfg.optim.eps,
         weight_decay=cfg.optim.weight_decay,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(cfg.optim.warmup_steps, total_steps))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(cfg.optim.warmup_steps, total_steps))
+
+
+def initialize(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, per_rank_queries: int):
+    """The engine over ``model``'s trainable parameters: torch AdamW, the linear schedule, our JSON."""
+    config = ds_config(cfg, per_rank_queries)
+    opt, sched = optimizer_and_schedule(model, cfg, total_steps)
     engine, _, _, _ = deepspeed().initialize(
         model=model, optimizer=opt, lr_scheduler=sched, config=config, dist_init_required=False
     )
