@@ -21,7 +21,10 @@ sentence-transformers under torchrun (DDP, gloo) with ``CachedMultipleNegativesR
          demo trains (task-homogeneous global batches, labels-as-documents with own negatives);
          sentence-transformers with its multi-dataset batch sampler (proportional, each rank's
          batch from one dataset), the no-duplicates batch sampler its docs advise for in-batch
-         negatives, one cached MNRL loss for every task. One seed (the first of ``--seeds``).
+         negatives, one cached MNRL loss for every task. ``--seeds-b`` seeds (default: the first
+         of ``--seeds``). ``--diagnose`` adds Run B changed one way at a time (``DIAGNOSES``):
+         sfr-ds with sentence-transformers' kind of batches (``data.homogeneous_scope: rank``) and
+         sentence-transformers fed sfr-ds's, which is how the recipes' gap was traced to batching.
 
 Per tool: seconds per step (median after ``--warmup`` steps; a step is the time between two step
 ends, input included, as sfr-ds's metrics count it), real tokens per second (non-padding tokens of
@@ -178,7 +181,7 @@ def train_pair(run: str, seed: int, data: Path, a: argparse.Namespace) -> dict:
     sfr_cmd = [sys.executable, "-m", "sfr_ds.cli", "train", cfg, "--output-dir", sfr_run]
     st_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", a.nproc]
     st_cmd += ["--master_port", str(29500 + seed + (50 if run == "B" else 0)), THIS, "st-train"]
-    st_cmd += [run, cfg, init, st_run]
+    st_cmd += ["planned" if run == "A" else "tasks", cfg, init, st_run, sfr_run / "final"]
     result = {}
     for tool, cmd, metrics in (
         ("sfr-ds", [*sfr_cmd, "--nproc-per-node", a.nproc], sfr_run / "metrics.jsonl"),
@@ -192,6 +195,55 @@ def train_pair(run: str, seed: int, data: Path, a: argparse.Namespace) -> dict:
         result["sfr-ds"]["scores"] = evaluate(sfr_run, where / "eval-sfr-ds")
         result["st"]["scores"] = evaluate(st_model, where / "eval-st")
     return result
+
+
+# Run B changed in one way, one tool, the first seed: which difference between the two recipes moves
+# the score. (tool, sfr-ds config overrides, how sentence-transformers is fed)
+DIAGNOSES = {
+    "sfr-ds, each rank's share one task (st's batching)": ("sfr-ds", ["data.homogeneous_scope=rank"], None),
+    "st, fed sfr-ds's batches (whole batch one task)": ("st", [], "planned"),
+}
+
+
+def diagnose(name: str, seed: int, data: Path, a: argparse.Namespace) -> dict:
+    """One diagnostic row: trained, scored, and its first and last loss."""
+    tool, overrides, feed = DIAGNOSES[name]
+    pair = a.out / "B" / f"seed{seed}"
+    where = pair / "diag" / "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    cfg = write_config(where / "config.yaml", run_overrides("B", data, seed, a) + overrides)
+    if tool == "sfr-ds":
+        cmd = [sys.executable, "-m", "sfr_ds.cli", "train", cfg, "--output-dir", where / "run"]
+        cmd += ["--nproc-per-node", a.nproc]
+        model = where / "run"
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", a.nproc]
+        cmd += ["--master_port", str(29600 + seed), THIS, "st-train", feed, cfg, pair / "init_adapter"]
+        cmd += [where / "run", pair / "sfr-ds" / "final"]
+        model = where / "run" / "adapter"
+    got = measured(cmd, where / "peak.json")
+    got.update(step_stats(where / "run" / "metrics.jsonl", a.warmup))
+    got["scores"] = evaluate(model, where / "eval")
+    return {"tool": tool, **got}
+
+
+def diagnosis_table(rows: dict, base: dict) -> str:
+    """Each diagnostic row's AVG and per-task scores beside Run B's two tools (first seed)."""
+    tasks = list(base["sfr-ds"]["scores"])
+    lines = ["| Run B, changed | tool | step-1 loss | " + " | ".join(tasks) + " |"]
+    lines.append("|---" * (len(tasks) + 3) + "|")
+    for name, r in [("as is", base["sfr-ds"] | {"tool": "sfr-ds"}), ("as is", base["st"] | {"tool": "st"})]:
+        lines.append(
+            f"| {name} | {r['tool']} | {r['step1_loss']:.2f} | "
+            + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks)
+            + " |"
+        )
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['tool']} | {r['step1_loss']:.2f} | "
+            + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks)
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- sentence-transformers side
@@ -217,7 +269,7 @@ def st_train(argv: list[str]) -> None:
     from sfr_ds.model import load_tokenizer
     from sfr_ds.zoo import resolve_model_path
 
-    run, cfg_path, init, out = argv[0], Path(argv[1]), Path(argv[2]), Path(argv[3])
+    feed, cfg_path, init, out, layout = argv[0], Path(argv[1]), Path(argv[2]), Path(argv[3]), Path(argv[4])
     cfg = load_config(cfg_path)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     max_len = max(cfg.data.query_max_len, cfg.data.doc_max_len)
@@ -253,7 +305,7 @@ def st_train(argv: list[str]) -> None:
         mini_batch_num_tokens=cfg.gradcache.chunk_tokens,
         gather_across_devices=True,
     )
-    dataset, sampler = st_dataset(run, cfg, world)
+    dataset, sampler = st_dataset(feed, cfg, world)
     steps = cfg.optim.max_steps
     opt, sched = optimizer_and_schedule(model, cfg, steps)  # sfr-ds's own, by construction
     extra = {"batch_sampler": sampler} if sampler else {"batch_sampler": "no_duplicates"}
@@ -299,8 +351,7 @@ def st_train(argv: list[str]) -> None:
             for i, h in enumerate(rows)
         ]
         (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-        sfr_adapter = out.parent / "sfr-ds" / "final"  # same layout, sentence-transformers' weights
-        shutil.copytree(sfr_adapter, out / "adapter", dirs_exist_ok=True)
+        shutil.copytree(layout, out / "adapter", dirs_exist_ok=True)  # sfr-ds's, with st's weights
         model[0].model.save_pretrained(str(out / "st_adapter"))
         check_same_keys(out / "st_adapter", out / "adapter")
         weights = "adapter_model.safetensors"
@@ -316,10 +367,11 @@ def check_same_keys(a: Path, b: Path) -> None:
         raise SystemExit(f"adapter keys differ: {sorted(keys[0] ^ keys[1])[:5]}")
 
 
-def st_dataset(run: str, cfg, world: int):
-    """Run A: the rows of sfr-ds's planned batches in its order, fed in that order (accelerate gives
-    rank r the r-th per-rank slice of each global batch). Run B: one dataset per task, the records
-    with the negatives sfr-ds draws for epoch 0, sampled the sentence-transformers way."""
+def st_dataset(feed: str, cfg, world: int):
+    """``planned`` (Run A): the rows of sfr-ds's planned batches in its order, fed in that order
+    (accelerate gives rank r the r-th per-rank slice of each global batch). ``tasks`` (Run B): one
+    dataset per task, the records with the negatives sfr-ds draws for epoch 0, sampled the
+    sentence-transformers way."""
     from datasets import Dataset, DatasetDict
     from torch.utils.data import BatchSampler, SequentialSampler
 
@@ -330,7 +382,7 @@ def st_dataset(run: str, cfg, world: int):
     data = TrainingData.load(cfg)
     k = cfg.data.hard_negatives
     columns = ["anchor", "positive", *[f"negative_{j + 1}" for j in range(k)]]
-    if run == "A":
+    if feed == "planned":
         rows = {c: [] for c in columns}
         for step in range(data.total_steps):
             gb = data.plan.batch(step)
@@ -461,22 +513,31 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "vs_st")
     p.add_argument("--demo", type=Path, help="a finished `sfr-ds demo` folder (default: OUT/demo, made)")
     p.add_argument("--runs", default="A,B", help="A (identical objective), B (each tool's recipe)")
-    p.add_argument("--seeds", default="0,1,2", help="Run A's seeds; Run B uses the first")
+    p.add_argument("--seeds", default="0,1,2", help="Run A's seeds; Run B uses the first unless --seeds-b")
     p.add_argument("--steps", type=int, default=24, help="optimizer steps (the demo's 24)")
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--chunk-tokens", type=int, help="GradCache real tokens per mini-batch (default 1024)")
     p.add_argument("--no-eval", action="store_true", help="skip the mini-suite scores")
+    p.add_argument("--seeds-b", help="Run B's seeds (default: the first of --seeds)")
+    p.add_argument("--diagnose", action="store_true", help="also Run B changed one way at a time (DIAGNOSES)")
     a = p.parse_args(argv)
     runs, seeds = a.runs.split(","), [int(s) for s in a.seeds.split(",")]
     mined, scifact, a.start = demo_run(a.demo or a.out / "demo", a.out)
     results = {}
-    pairs = [(run, seeds[0]) for run in runs] + [("A", s) for s in seeds[1:] if "A" in runs]
-    for run, seed in pairs:  # one of each first: the seeds' repeats come last
+    seeds_b = [int(s) for s in a.seeds_b.split(",")] if a.seeds_b else seeds[:1]
+    pairs = [(run, (seeds if run == "A" else seeds_b)[0]) for run in runs]
+    pairs += [("A", s) for s in seeds[1:] if "A" in runs] + [("B", s) for s in seeds_b[1:] if "B" in runs]
+    diag = {}
+    for i, (run, seed) in enumerate(pairs):  # one of each first: the seeds' repeats come last
         results[f"{run}/{seed}"] = train_pair(run, seed, scifact if run == "A" else mined, a)
         (a.out / "results.json").write_text(json.dumps(results, indent=1))
-    (a.out / "results.json").write_text(json.dumps(results, indent=1))
+        if a.diagnose and not a.no_eval and i == len(runs) - 1 and "B" in runs:  # before the repeats
+            diag = {name: diagnose(name, seeds_b[0], mined, a) for name in DIAGNOSES}
+            (a.out / "diagnoses.json").write_text(json.dumps(diag, indent=1))
     report = f"{versions()}\n\n{ratio_table(results, runs)}\n"
+    if diag:
+        report += f"\n{diagnosis_table(diag, results[f'B/{seeds_b[0]}'])}\n"
     (a.out / "report.md").write_text(report)
     print(report)
 

@@ -64,6 +64,10 @@ class DataConfig:
     query_max_len: int = 128
     doc_max_len: int = 256
     homogeneous: bool = True  # one dataset per global step (task-homogeneous batching)
+    # 'global': the whole global batch from one dataset (the SFR recipe); 'rank': each rank's share
+    # from one dataset, drawn independently (sentence-transformers' multi-dataset sampler under DDP),
+    # so the other ranks' documents are mostly another task's. The plan then depends on the rank count.
+    homogeneous_scope: Literal["global", "rank"] = "global"
     dataset_weights: dict = field(default_factory=dict)  # batches per epoch scale, default 1.0
     max_records_per_dataset: int | None = None
     seed: int = 42
@@ -291,6 +295,10 @@ def _semantic_checks(c: TrainConfig) -> list[str]:
             isinstance(w, (int, float)) and w >= 0,
             f"'data.dataset_weights.{name}' must be a number >= 0, got {w!r}",
         )
+    need(
+        c.data.homogeneous or c.data.homogeneous_scope == "global",
+        "'data.homogeneous_scope: rank' needs data.homogeneous=true",
+    )
     need(c.loss.temperature > 0, "'loss.temperature' must be > 0 (0.02 in the SFR recipe)")
     p += _matryoshka_checks(c.loss)
     fn = c.loss.false_negative_margin

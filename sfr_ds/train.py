@@ -40,8 +40,10 @@ def train(cfg: TrainConfig, resume: bool = False, after_backward: Callable | Non
     start = plan_run(run, cfg, resume)
     if start.finished:
         return run.root
+    if start.tag and cfg.data.homogeneous_scope == "rank":
+        checkpoints.check_world(run, start.tag, me.world, "data.homogeneous_scope=rank plans per rank")
     check_model_shape(cfg)
-    data = TrainingData.load(cfg)
+    data = TrainingData.load(cfg, me.world)
     chunks = ChunkPolicy.from_config(cfg.gradcache)
     for line in [*data.describe(), arithmetic(cfg, me.world, chunks)]:
         say(line)

@@ -67,6 +67,11 @@ FIELD_CASES = {
     "weights negative": ({"data": {"dataset_weights": {"scifact": -1}}}, ["'data.dataset_weights.scifact'"]),
     "weights unknown dataset": ({"data": {"dataset_weights": {"nosuch": 2}}}, ["dataset_weights", "nosuch"]),
     "short negatives policy": ({"data": {"short_negatives": "drop"}}, ["'data.short_negatives'"]),
+    "homogeneous scope": ({"data": {"homogeneous_scope": "node"}}, ["'data.homogeneous_scope'", "'rank'"]),
+    "rank scope, not homogeneous": (
+        {"data": {"homogeneous": False, "homogeneous_scope": "rank"}},
+        ["'data.homogeneous_scope: rank' needs data.homogeneous=true"],
+    ),
     "temperature zero": ({"loss": {"temperature": 0}}, ["'loss.temperature'"]),
     "matryoshka dims not numbers": ({"loss": {"matryoshka_dims": ["all"]}}, ["'loss.matryoshka_dims'"]),
     "matryoshka dim twice": ({"loss": {"matryoshka_dims": [64, 64]}}, ["'loss.matryoshka_dims'", "twice"]),

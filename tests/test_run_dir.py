@@ -140,3 +140,16 @@ def test_plan_start_resumes_starts_or_refuses(tmp_path):
     assert plan_start(run, resume=True, save_every=2).finished
     with pytest.raises(RunDirError, match="finished run"):
         plan_start(run, resume=False, save_every=2)
+
+
+def test_a_rank_scoped_plan_refuses_another_rank_count(tmp_path):
+    """``data.homogeneous_scope: rank`` plans each batch over the rank count: a checkpoint written by
+    2 ranks resumes on 2, and on 1 it stops with one line naming the checkpoint."""
+    from sfr_ds.engine.checkpoints import CheckpointError, check_world
+
+    run = RunDir(tmp_path / "run")
+    (run.checkpoint("step-4")).mkdir(parents=True)
+    (run.checkpoint("step-4") / "complete.json").write_text('{"step": 4, "world": 2}')
+    check_world(run, "step-4", 2, "plans per rank")
+    with pytest.raises(CheckpointError, match=r"step-4 was written by 2 ranks, not 1: plans per rank"):
+        check_world(run, "step-4", 1, "plans per rank")

@@ -36,7 +36,8 @@ class TrainingData:
     total_steps: int
 
     @classmethod
-    def load(cls, cfg: TrainConfig) -> TrainingData:
+    def load(cls, cfg: TrainConfig, world: int = 1) -> TrainingData:
+        """``world``: the rank count, which only ``data.homogeneous_scope: rank`` plans with."""
         if cfg.data.memory_map:  # converted once per node to Arrow, rows read as steps need them
             data = cfg.data
             records = open_training_data(
@@ -53,6 +54,7 @@ class TrainingData:
                 homogeneous=cfg.data.homogeneous,
                 seed=cfg.data.seed,
                 weights=cfg.data.dataset_weights,
+                shards=world if cfg.data.homogeneous_scope == "rank" else 1,
             )
         except ValueError as e:
             raise ConfigError([str(e)]) from None

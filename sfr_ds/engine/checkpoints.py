@@ -15,6 +15,7 @@ and export runs DeepSpeed's ``zero_to_fp32`` with a ``torch`` whose ``load`` is 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -151,6 +152,13 @@ def readable(run: RunDir, start: Start) -> Start:
         return start
     note = f"WARNING {problems[0]}; resuming from {chosen}, the newest checkpoint that reads"
     return Start(chosen, note="\n".join(filter(None, [start.note, note])))
+
+
+def check_world(run: RunDir, tag: str, world: int, why: str) -> None:
+    """Refuse to resume ``tag`` on another rank count, when ``why`` the run depends on it."""
+    saved = json.loads((run.checkpoint(tag) / COMPLETE).read_text()).get("world", world)
+    if saved != world:
+        raise CheckpointError(f"{run.checkpoint(tag)} was written by {saved} ranks, not {world}: {why}")
 
 
 def load(engine, run: RunDir, tag: str) -> int:
