@@ -227,22 +227,14 @@ def diagnose(name: str, seed: int, data: Path, a: argparse.Namespace) -> dict:
 
 
 def diagnosis_table(rows: dict, base: dict) -> str:
-    """Each diagnostic row's AVG and per-task scores beside Run B's two tools (first seed)."""
+    """Each diagnostic row's step-1 loss and scores beside Run B's two tools (first seed)."""
     tasks = list(base["sfr-ds"]["scores"])
     lines = ["| Run B, changed | tool | step-1 loss | " + " | ".join(tasks) + " |"]
     lines.append("|---" * (len(tasks) + 3) + "|")
-    for name, r in [("as is", base["sfr-ds"] | {"tool": "sfr-ds"}), ("as is", base["st"] | {"tool": "st"})]:
-        lines.append(
-            f"| {name} | {r['tool']} | {r['step1_loss']:.2f} | "
-            + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks)
-            + " |"
-        )
-    for name, r in rows.items():
-        lines.append(
-            f"| {name} | {r['tool']} | {r['step1_loss']:.2f} | "
-            + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks)
-            + " |"
-        )
+    every = [("as is", base[tool] | {"tool": tool}) for tool in ("sfr-ds", "st")] + list(rows.items())
+    for name, r in every:
+        scores = " | ".join(f"{r['scores'][t]:.2f}" for t in tasks)
+        lines.append(f"| {name} | {r['tool']} | {r['step1_loss']:.2f} | {scores} |")
     return "\n".join(lines)
 
 
