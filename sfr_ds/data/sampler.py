@@ -80,7 +80,7 @@ class BatchPlan:
             )
 
     def never_drawn(self) -> dict[str, int]:
-        """Datasets too small for one full batch in homogeneous mode: name -> record count."""
+        """Datasets too small for one homogeneous batch (a rank's share under ``shards``): name -> count."""
         if not self.homogeneous:
             return {}
         return {k: len(v) for k, v in self.groups.items() if self.batches_per_dataset[k] == 0}

@@ -74,7 +74,8 @@ class TrainingData:
         ]
         for name, n in self.plan.never_drawn().items():
             lines.append(
-                f"WARNING dataset {name!r} has {n} records, fewer than one global batch: never drawn"
+                f"WARNING dataset {name!r} has {n} records, fewer than one batch of its own "
+                f"({self.plan.global_batch_size // self.plan.shards}): never drawn"
             )
         d = self.drawer
         if d.n_short:
