@@ -87,7 +87,7 @@ def test_rank_scope_makes_each_rank_share_homogeneous_and_mixes_across_ranks():
         names |= set().union(*per_rank)
     assert mixed >= 1 and names == {"a", "b", "c"}
     assert len(set(seen)) == len(seen)  # still no record twice in an epoch
-    # an independent reference: the pieces are the global plan's per-dataset pieces of 4
+    # a cross-check: every share is one of the batches a global plan of 4 queries draws
     one = BatchPlan(GROUPS, 4, homogeneous=True, seed=7)
     pieces = sorted(tuple(sorted(one.batch(s).indices.tolist())) for s in range(one.steps_per_epoch))
     shares = [p.batch(s).indices[4 * r : 4 * r + 4] for s in range(8) for r in range(4)]
